@@ -1,0 +1,129 @@
+"""
+The payload of the trigger's event, and how a resumed task turns it into results or an error.
+
+The trigger, the synchronous wait and the sensor all end in a :class:`BatchOutcome`; the operator and
+the sensor turn it into their return value with :meth:`BatchOutcome.results_or_raise`. The event is
+validated against an allow-list: only an intact ``success`` payload yields results, anything else,
+including ``None`` or a payload from another version of this provider, raises.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pendulum
+
+from airflow_provider_novita.exceptions import NovitaError, NovitaTaskFailedError, NovitaTimeoutError
+from airflow_provider_novita.models import TaskResult, TaskStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+class OutcomeStatus(str, enum.Enum):
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """
+    How waiting for a batch ended.
+
+    :param results: the last known result of each task, in batch order; None for a task never seen.
+    """
+
+    status: OutcomeStatus
+    task_ids: Sequence[str]
+    results: Sequence[TaskResult | None]
+    message: str
+
+    def to_event(self) -> dict[str, Any]:
+        """Plain JSON data: the ``TriggerEvent`` payload."""
+        return {
+            "status": self.status.value,
+            "message": self.message,
+            "task_ids": list(self.task_ids),
+            "results": [None if r is None else r.to_dict() for r in self.results],
+        }
+
+    @classmethod
+    def from_event(cls, event: object) -> BatchOutcome:
+        """Validate a trigger event payload; a malformed one raises :class:`NovitaError`."""
+        if not isinstance(event, dict):
+            raise NovitaError(f"Unexpected trigger event from TaskResultTrigger: {event!r}")
+        try:
+            status = OutcomeStatus(event["status"])
+            task_ids = [str(task_id) for task_id in event["task_ids"]]
+            results = [None if r is None else TaskResult.from_dict(r) for r in event["results"]]
+            message = str(event.get("message", ""))
+        except (KeyError, TypeError, ValueError) as err:
+            raise NovitaError(f"Malformed trigger event from TaskResultTrigger: {event!r}") from err
+        if len(results) != len(task_ids):
+            raise NovitaError(f"Trigger event has {len(results)} results for {len(task_ids)} task ids")
+        return cls(status, task_ids, results, message)
+
+    def results_or_raise(self, timeout_description: str) -> list[TaskResult]:
+        """
+        The results of a fully successful batch, in batch order; otherwise the matching error.
+
+        A batch with any failed task raises :class:`NovitaTaskFailedError` naming every failure,
+        because a partial batch silently passed downstream is worse than a visible failure.
+        """
+        if self.status is OutcomeStatus.TIMEOUT:
+            unfinished = [
+                task_id
+                for task_id, result in zip(self.task_ids, self.results, strict=False)
+                if result is None or not result.status.is_terminal
+            ]
+            raise NovitaTimeoutError(unfinished, timeout_description)
+        if self.status is OutcomeStatus.ERROR:
+            raise NovitaError(f"Waiting for Novita tasks {', '.join(self.task_ids)} failed: {self.message}")
+        failures = {
+            r.task_id: r.reason for r in self.results if r is not None and r.status is TaskStatus.FAILED
+        }
+        if failures or self.status is OutcomeStatus.FAILED:
+            raise NovitaTaskFailedError(failures)
+        done: list[TaskResult] = []
+        for task_id, result in zip(self.task_ids, self.results, strict=False):
+            if result is None or result.status is not TaskStatus.SUCCEED or not result.images:
+                raise NovitaError(f"Novita task {task_id} is reported successful but returned no image")
+            done.append(result)
+        return done
+
+
+def result_record(result: TaskResult, source_image: str | None) -> dict[str, Any]:
+    """
+    The XCom record of one upscaled image, as the operator and the sensor return it.
+
+    ``completed_at`` is Novita's completion time when it reports one; the URL expires
+    ``image_url_ttl`` seconds after it, so downstream tasks can tell how fresh a link is.
+    """
+    image = result.images[0]
+    completed_at = (
+        pendulum.from_timestamp(result.completed_at_ms / 1000, tz="UTC").isoformat()
+        if result.completed_at_ms
+        else None
+    )
+    return {
+        "task_id": result.task_id,
+        "image": source_image,
+        "image_url": image.image_url,
+        "image_type": image.image_type,
+        "image_url_ttl": image.image_url_ttl,
+        "completed_at": completed_at,
+    }
+
+
+def result_records(
+    outcome: BatchOutcome, sources: Sequence[str | None], timeout_description: str
+) -> list[dict[str, Any]]:
+    """The return value of the operator and the sensor: one record per task, in batch order."""
+    results = outcome.results_or_raise(timeout_description)
+    if len(sources) != len(results):
+        raise NovitaError(f"{len(results)} results for {len(sources)} source images")
+    return [result_record(result, source) for result, source in zip(results, sources, strict=False)]

@@ -1,0 +1,174 @@
+"""
+The provider's exceptions, and the one place where Novita's error responses are mapped onto them.
+
+Everything the provider raises about Novita derives from :class:`NovitaError`, so a DAG author can
+catch one class. The subclasses follow what a caller does next: an :class:`NovitaAuthError` needs a
+new key, a :class:`NovitaRateLimitError` needs patience, a :class:`NovitaTaskFailedError` needs a
+look at the source image. Messages name Novita's ``reason``, the HTTP status and the task id, and
+never the API key: the key only ever travels in a request header, which no message here renders.
+"""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+import pendulum
+from airflow.sdk.exceptions import AirflowException
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    import httpx
+
+
+class NovitaError(AirflowException):
+    """Base class of every error this provider raises about Novita."""
+
+
+class NovitaAPIError(NovitaError):
+    """
+    Novita answered a request with an error status.
+
+    :param http_status: the HTTP status of the answer.
+    :param reason: Novita's machine-readable reason, e.g. ``INVALID_API_KEY`` (empty if the body had none).
+    :param message: Novita's human-readable message.
+    :param task_id: the Novita task the request was about, if any.
+    """
+
+    def __init__(self, http_status: int, reason: str, message: str, task_id: str | None = None) -> None:
+        self.http_status = http_status
+        self.reason = reason
+        self.message = message
+        self.task_id = task_id
+        detail = f"Novita API error: HTTP {http_status} {reason or 'no reason given'}"
+        if message:
+            detail += f": {message}"
+        if task_id:
+            detail += f" (task id {task_id})"
+        super().__init__(detail)
+
+
+class NovitaBadRequestError(NovitaAPIError):
+    """HTTP 400: the request was invalid, or the account cannot pay for it. Retrying will not help."""
+
+
+class NovitaAuthError(NovitaAPIError):
+    """HTTP 401/403: the API key is missing, wrong, or not allowed to use this API."""
+
+
+class NovitaNotFoundError(NovitaAPIError):
+    """HTTP 404: an unknown task id (``TASK_NOT_FOUND``) or endpoint (``API_NOT_FOUND``)."""
+
+
+class NovitaRateLimitError(NovitaAPIError):
+    """HTTP 429: too many requests. ``retry_after`` holds the server's hint in seconds, if it sent one."""
+
+    def __init__(
+        self,
+        http_status: int,
+        reason: str,
+        message: str,
+        task_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(http_status, reason, message, task_id)
+        self.retry_after = retry_after
+
+
+class NovitaServerError(NovitaAPIError):
+    """HTTP 5xx: Novita failed or was overloaded; usually worth retrying."""
+
+
+class NovitaConnectionError(NovitaError):
+    """
+    Novita could not be reached, or the connection broke before an answer arrived.
+
+    :param request_sent: False when the request certainly never left (connection refused, connect
+        timeout), True when it may have reached Novita. A submission is only resent in the first case.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+class NovitaTaskFailedError(NovitaError):
+    """
+    One or more Novita tasks ended ``TASK_STATUS_FAILED``.
+
+    :param failures: task id -> Novita's failure reason, for every failed task of the batch.
+    """
+
+    def __init__(self, failures: Mapping[str, str]) -> None:
+        self.failures = dict(failures)
+        listed = "; ".join(
+            f"{task_id}: {reason or 'no reason given'}" for task_id, reason in failures.items()
+        )
+        super().__init__(f"{len(self.failures)} Novita task(s) failed: {listed}")
+
+
+class NovitaTimeoutError(NovitaError):
+    """The deadline passed before every task of the batch finished."""
+
+    def __init__(self, unfinished: Sequence[str], timeout_description: str) -> None:
+        self.unfinished = list(unfinished)
+        super().__init__(
+            f"{timeout_description}; {len(self.unfinished)} Novita task(s) still unfinished: "
+            + ", ".join(self.unfinished)
+        )
+
+
+_ERRORS_BY_STATUS: dict[int, type[NovitaAPIError]] = {
+    400: NovitaBadRequestError,
+    401: NovitaAuthError,
+    403: NovitaAuthError,
+    404: NovitaNotFoundError,
+}
+
+
+def error_from_response(response: httpx.Response, task_id: str | None = None) -> NovitaAPIError:
+    """
+    Build the exception for a non-2xx answer.
+
+    Novita's error body is ``{"code", "reason", "message", "metadata"}``; proxies in front of it
+    answer with HTML or nothing, so every field is optional and the status line is the fallback.
+    """
+    body: Any
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    reason = str(body.get("reason") or "")
+    message = str(body.get("message") or response.reason_phrase or "")
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and metadata:
+        message += f" {metadata}"
+    status = response.status_code
+    if status == 429:
+        return NovitaRateLimitError(status, reason, message, task_id, parse_retry_after(response))
+    if status >= 500:
+        return NovitaServerError(status, reason, message, task_id)
+    return _ERRORS_BY_STATUS.get(status, NovitaAPIError)(status, reason, message, task_id)
+
+
+def parse_retry_after(response: httpx.Response) -> float | None:
+    """
+    Read ``Retry-After`` as seconds.
+
+    Novita does not document the header; when a proxy sends it, it may be seconds or an HTTP date.
+    """
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - pendulum.now("UTC")).total_seconds())

@@ -1,0 +1,164 @@
+"""
+Building httpx clients for a Novita connection, and sharing them on the triggerer.
+
+Measured on peers (see the README's performance section): an ``httpx.AsyncClient`` costs about
+850 KB and tens of milliseconds, most of it its own SSL context, and a client per trigger opens a
+TCP connection per poll. So every client here shares one SSL context per process, keeps
+connections alive longer than the longest poll interval, and on the triggerer all triggers of one
+event loop that use the same connection share one ``AsyncClient`` (:data:`shared_async_clients`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from airflow_provider_novita import __version__
+from airflow_provider_novita.polling import DEFAULT_MAX_POLL_INTERVAL
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import AsyncIterator, Mapping
+
+    from airflow.sdk import Connection
+
+DEFAULT_BASE_URL = "https://api.novita.ai"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 5
+# Longer than the default longest wait between polls, so a waiting batch reuses its connection.
+KEEPALIVE_EXPIRY = DEFAULT_MAX_POLL_INTERVAL + 30.0
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """
+    What a Novita connection says: where the API is, the key, and request tuning from ``extra``.
+
+    The key is excluded from ``repr`` so that no log line or traceback of this object shows it.
+    """
+
+    base_url: str
+    api_key: str = field(repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+
+    @classmethod
+    def from_connection(cls, conn: Connection) -> ConnectionSettings:
+        if not conn.password:
+            raise ValueError(
+                f"Connection {conn.conn_id!r} has no API key: set its password to your Novita API key"
+            )
+        # ``conn.extra`` is parsed here rather than through ``extra_dejson``, whose secret masking
+        # talks to the supervisor synchronously and must not run on the triggerer's event loop.
+        extra = _parse_extra(conn.conn_id, conn.extra)
+        return cls(
+            base_url=_base_url(conn),
+            api_key=conn.password,
+            timeout=_number(extra, "timeout", DEFAULT_TIMEOUT, conn.conn_id),
+            max_retries=int(_number(extra, "max_retries", DEFAULT_MAX_RETRIES, conn.conn_id)),
+        )
+
+    def client_options(self, verify: ssl.SSLContext) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url,
+            "headers": {
+                "Authorization": f"Bearer {self.api_key}",
+                "User-Agent": f"airflow-provider-novita/{__version__}",
+            },
+            "timeout": httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+            "limits": httpx.Limits(
+                max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
+            ),
+            "verify": verify,
+        }
+
+
+def _parse_extra(conn_id: str, extra: str | None) -> Mapping[str, Any]:
+    if not extra:
+        return {}
+    try:
+        parsed = json.loads(extra)
+    except ValueError as err:
+        raise ValueError(f"Connection {conn_id!r} has an extra that is not valid JSON") from err
+    if not isinstance(parsed, dict):
+        raise ValueError(f"Connection {conn_id!r} has an extra that is not a JSON object")
+    return parsed
+
+
+def _number(extra: Mapping[str, Any], key: str, default: float, conn_id: str) -> float:
+    value = extra.get(key)
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if number < 0:
+        raise ValueError(
+            f"Connection {conn_id!r}: extra {key!r} must be a non-negative number; got {value!r}"
+        )
+    return number
+
+
+def _base_url(conn: Connection) -> str:
+    """``host`` may be a full URL (``http://127.0.0.1:8765``) or a bare host name; empty means Novita."""
+    host = (conn.host or "").strip().rstrip("/")
+    if not host:
+        return DEFAULT_BASE_URL
+    if "://" not in host:
+        host = f"{conn.schema or 'https'}://{host}"
+    if conn.port and httpx.URL(host).port is None:
+        host = f"{host}:{conn.port}"
+    return host
+
+
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One SSL context per process: building one takes milliseconds and hundreds of KB."""
+    return httpx.create_ssl_context()
+
+
+class SharedAsyncClients:
+    """
+    Hands out one ``httpx.AsyncClient`` per event loop and connection settings, reference-counted.
+
+    Triggers of the same connection on one triggerer then share a connection pool, and the client
+    is closed when the last of them finishes. Clients are never shared across event loops, which
+    httpx does not support.
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[int, ConnectionSettings, int], tuple[httpx.AsyncClient, list[int]]] = {}
+
+    @asynccontextmanager
+    async def lease(
+        self, settings: ConnectionSettings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        key = (id(asyncio.get_running_loop()), settings, id(transport))
+        if key not in self._clients:
+            # Off the loop: the first SSL context of the process blocks for tens of milliseconds.
+            verify = await asyncio.to_thread(shared_ssl_context)
+            if key not in self._clients:
+                client = httpx.AsyncClient(transport=transport, **settings.client_options(verify))
+                self._clients[key] = (client, [0])
+        client, users = self._clients[key]
+        users[0] += 1
+        try:
+            yield client
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._clients[key]
+                await client.aclose()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+
+shared_async_clients = SharedAsyncClients()

@@ -1,0 +1,31 @@
+"""
+Test-wide set-up: a throwaway AIRFLOW_HOME before Airflow is imported, and the Novita connection.
+
+Unit tests fake Novita with ``httpx.MockTransport`` (see ``tests/fakes.py``); integration tests use
+the real emulator over loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_home = tempfile.mkdtemp(prefix="novita-tests-airflow-home-")
+os.environ["AIRFLOW_HOME"] = _home
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_home}/airflow.db")
+
+import pytest  # noqa: E402
+
+API_KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture
+def novita_conn(monkeypatch: pytest.MonkeyPatch) -> str:
+    """``novita_default`` defined only by environment, as users do; the host is never contacted."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_NOVITA_DEFAULT",
+        f'{{"conn_type": "novita", "host": "https://novita.test", "password": "{API_KEY}"}}',
+    )
+    return "novita_default"

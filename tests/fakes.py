@@ -1,0 +1,107 @@
+"""
+A scripted stand-in for Novita behind ``httpx.MockTransport``, for unit tests.
+
+Each task follows a script of statuses, one per poll; the last one repeats. Errors are injected
+per request with ``fail_next``. Every request is recorded so tests can count submissions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from tests.conftest import API_KEY
+
+SUCCEED = "TASK_STATUS_SUCCEED"
+FAILED = "TASK_STATUS_FAILED"
+QUEUED = "TASK_STATUS_QUEUED"
+PROCESSING = "TASK_STATUS_PROCESSING"
+
+
+@dataclass
+class FakeNovita:
+    script: Sequence[str] = (QUEUED, PROCESSING, SUCCEED)
+    reasons: dict[str, str] = field(default_factory=dict)
+    eta: int = 0
+    requests: list[httpx.Request] = field(default_factory=list)
+    polls: dict[str, int] = field(default_factory=dict)
+    scripts: dict[str, Sequence[str]] = field(default_factory=dict)
+    injected: list[Callable[[httpx.Request], httpx.Response]] = field(default_factory=list)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def fail_next(self, *responses: httpx.Response | Exception) -> None:
+        """The next requests get these answers (or raise these transport errors), in order."""
+        for answer in responses:
+            self.injected.append(lambda request, a=answer: _raise_or_return(a))
+
+    @property
+    def submissions(self) -> list[dict[str, Any]]:
+        return [json.loads(r.content) for r in self.requests if r.url.path == "/v3/async/image-upscaler"]
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.injected:
+            return self.injected.pop(0)(request)
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return error(403, "INVALID_API_KEY", "invalid api-key")
+        if request.url.path == "/v3/async/image-upscaler":
+            body = json.loads(request.content)
+            task_id = f"task-{next(self._ids)}"
+            self.scripts.setdefault(task_id, self.script)
+            self.reasons.setdefault(task_id, f"cannot upscale {body['image']}")
+            return httpx.Response(200, json={"task_id": task_id})
+        if request.url.path == "/v3/async/task-result":
+            return self._result(request.url.params["task_id"])
+        if request.url.path == "/v3/user":
+            return httpx.Response(200, json={"allow_features": [], "credit_balance": 123450, "free_trial": {}})
+        return error(404, "API_NOT_FOUND", "no such API")
+
+    def _result(self, task_id: str) -> httpx.Response:
+        if task_id not in self.scripts:
+            return error(404, "TASK_NOT_FOUND", "task not found")
+        poll = self.polls.get(task_id, 0)
+        self.polls[task_id] = poll + 1
+        script = self.scripts[task_id]
+        status = script[min(poll, len(script) - 1)]
+        done = status == SUCCEED
+        return httpx.Response(
+            200,
+            json={
+                "extra": {"debug_info": {"complete_time_ms": "1764000000000" if done else ""}},
+                "task": {
+                    "task_id": task_id,
+                    "task_type": "UPSCALE",
+                    "status": status,
+                    "reason": self.reasons[task_id] if status == FAILED else "",
+                    "eta": 0 if done else self.eta,
+                    "progress_percent": 100 if done else 40,
+                },
+                "images": [
+                    {"image_url": f"https://cdn.test/{task_id}.jpeg", "image_url_ttl": "3600", "image_type": "jpeg"}
+                ]
+                if done
+                else [],
+                "videos": [],
+                "audios": [],
+            },
+        )
+
+
+def error(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(
+        status, json={"code": status, "reason": reason, "message": message, "metadata": {}}, headers=headers
+    )
+
+
+def _raise_or_return(answer: httpx.Response | Exception) -> httpx.Response:
+    if isinstance(answer, Exception):
+        raise answer
+    return answer

@@ -1,0 +1,256 @@
+"""NovitaHook: connection handling, requests, error mapping, retries and the shared async client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+import pytest
+
+from airflow_provider_novita.exceptions import (
+    NovitaAuthError,
+    NovitaBadRequestError,
+    NovitaConnectionError,
+    NovitaError,
+    NovitaNotFoundError,
+    NovitaRateLimitError,
+    NovitaServerError,
+)
+from airflow_provider_novita.hooks.clients import shared_async_clients
+from airflow_provider_novita.hooks.novita import NovitaHook
+from airflow_provider_novita.models import TaskStatus, UpscaleRequest
+from airflow_provider_novita.retries import RetryPolicy
+from tests.conftest import API_KEY
+from tests.fakes import FAILED, SUCCEED, FakeNovita, error
+
+FAST = RetryPolicy(max_retries=3, initial_wait=0.001)
+REQUEST = UpscaleRequest("https://img.test/cat.png", "2k", "png")
+
+
+@pytest.fixture
+def fake() -> FakeNovita:
+    return FakeNovita()
+
+
+@pytest.fixture
+def hook(novita_conn: str, fake: FakeNovita) -> NovitaHook:
+    return NovitaHook(novita_conn, transport=fake.transport(), retry_policy=FAST)
+
+
+class TestConnection:
+    def test_reads_key_host_and_extra_from_an_env_connection(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_NOVITA_EMU",
+            '{"conn_type": "novita", "host": "http://127.0.0.1:8765", "password": "k",'
+            ' "extra": {"timeout": 5, "max_retries": 2}}',
+        )
+        settings = NovitaHook("novita_emu").settings
+        assert (settings.base_url, settings.api_key, settings.timeout, settings.max_retries) == (
+            "http://127.0.0.1:8765",
+            "k",
+            5.0,
+            2,
+        )
+
+    def test_defaults_to_the_novita_api(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW_CONN_NOVITA_DEFAULT", '{"conn_type": "novita", "password": "k"}')
+        assert NovitaHook().settings.base_url == "https://api.novita.ai"
+
+    def test_a_uri_connection_with_port_works(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW_CONN_NOVITA_DEFAULT", "novita://:secret@localhost:8765/http")
+        assert NovitaHook().settings.base_url == "http://localhost:8765"
+
+    def test_missing_key_is_a_clear_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW_CONN_NOVITA_DEFAULT", '{"conn_type": "novita"}')
+        with pytest.raises(ValueError, match="no API key: set its password"):
+            NovitaHook().settings  # noqa: B018
+
+    def test_bad_extra_is_a_clear_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_NOVITA_DEFAULT", '{"conn_type": "novita", "password": "k", "extra": {"timeout": "soon"}}'
+        )
+        with pytest.raises(ValueError, match="'timeout' must be a non-negative number"):
+            NovitaHook().settings  # noqa: B018
+
+    def test_key_is_not_in_the_settings_repr(self, hook: NovitaHook) -> None:
+        assert API_KEY not in repr(hook.settings)
+
+
+class TestRequests:
+    def test_submit_sends_the_documented_body_and_returns_the_task_id(
+        self, hook: NovitaHook, fake: FakeNovita
+    ) -> None:
+        assert hook.submit_upscale(REQUEST) == "task-0"
+        (request,) = fake.requests
+        assert request.method == "POST"
+        assert str(request.url) == "https://novita.test/v3/async/image-upscaler"
+        assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+        assert fake.submissions == [{"image": "https://img.test/cat.png", "resolution": "2k", "output_format": "png"}]
+
+    def test_get_task_result_parses_the_answer(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.script = (SUCCEED,)
+        task_id = hook.submit_upscale(REQUEST)
+        result = hook.get_task_result(task_id)
+        assert result.status is TaskStatus.SUCCEED
+        assert result.images[0].image_url == "https://cdn.test/task-0.jpeg"
+        assert result.images[0].image_url_ttl == 3600
+        assert fake.requests[-1].url.params["task_id"] == task_id
+
+    def test_submit_without_task_id_in_the_answer_fails(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.fail_next(httpx.Response(200, json={}))
+        with pytest.raises(NovitaError, match="returned no task id"):
+            hook.submit_upscale(REQUEST)
+
+    def test_non_json_answer_fails_clearly(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.fail_next(httpx.Response(200, text="<html>"))
+        with pytest.raises(NovitaError, match=r"not JSON \(task id t1\)"):
+            hook.get_task_result("t1")
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("status", "reason", "exc_type"),
+        [
+            (400, "INVALID_REQUEST_BODY", NovitaBadRequestError),
+            (400, "BILLING_BALANCE_NOT_ENOUGH", NovitaBadRequestError),
+            (403, "INVALID_API_KEY", NovitaAuthError),
+            (401, "", NovitaAuthError),
+            (404, "TASK_NOT_FOUND", NovitaNotFoundError),
+        ],
+    )
+    def test_client_errors_are_mapped_and_never_retried(
+        self, hook: NovitaHook, fake: FakeNovita, status: int, reason: str, exc_type: type[NovitaError]
+    ) -> None:
+        fake.fail_next(error(status, reason, "nope"))
+        with pytest.raises(exc_type) as info:
+            hook.get_task_result("task-42")
+        assert len(fake.requests) == 1
+        assert info.value.http_status == status  # type: ignore[attr-defined]
+        message = str(info.value)
+        assert f"HTTP {status}" in message
+        assert reason in message
+        assert "task id task-42" in message
+
+    def test_wrong_key_gives_auth_error_without_the_key(self, monkeypatch: pytest.MonkeyPatch, fake: FakeNovita) -> None:
+        monkeypatch.setenv("AIRFLOW_CONN_NOVITA_DEFAULT", '{"conn_type": "novita", "password": "sk-wrong-key-value"}')
+        hook = NovitaHook(transport=fake.transport(), retry_policy=FAST)
+        with pytest.raises(NovitaAuthError, match="INVALID_API_KEY") as info:
+            hook.submit_upscale(REQUEST)
+        assert "sk-wrong-key-value" not in str(info.value)
+        assert "sk-wrong-key-value" not in repr(info.value)
+
+    def test_rate_limit_is_retried_honouring_retry_after(
+        self, hook: NovitaHook, fake: FakeNovita, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        slept: list[float] = []
+        monkeypatch.setattr("tenacity.nap.time.sleep", slept.append)
+        fake.fail_next(error(429, "RATE_LIMIT_EXCEEDED", "slow down", {"Retry-After": "7"}))
+        assert hook.submit_upscale(REQUEST) == "task-0"
+        assert slept == [7.0]
+        assert len(fake.submissions) == 2
+
+    def test_server_errors_and_connect_errors_are_retried_for_reads(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.script = (SUCCEED,)
+        task_id = hook.submit_upscale(REQUEST)
+        fake.fail_next(error(503, "", "overloaded"), httpx.ConnectError("refused"), httpx.ReadTimeout("slow"))
+        assert hook.get_task_result(task_id).status is TaskStatus.SUCCEED
+
+    def test_retries_stop_after_max_retries(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.fail_next(*[error(500, "GET_RESULT_FAILED", "boom")] * 10)
+        with pytest.raises(NovitaServerError, match="HTTP 500 GET_RESULT_FAILED"):
+            hook.get_task_result("t")
+        assert len(fake.requests) == FAST.max_retries + 1
+
+    @pytest.mark.parametrize(
+        "answer",
+        [error(504, "", "gateway timeout"), error(502, "", "bad gateway"), httpx.ReadTimeout("no answer")],
+    )
+    def test_submission_is_not_resent_when_novita_may_have_created_the_task(
+        self, hook: NovitaHook, fake: FakeNovita, answer: httpx.Response | Exception
+    ) -> None:
+        fake.fail_next(answer)
+        with pytest.raises((NovitaServerError, NovitaConnectionError)):
+            hook.submit_upscale(REQUEST)
+        assert len(fake.requests) == 1
+
+    def test_submission_is_resent_when_nothing_was_created(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.fail_next(httpx.ConnectError("refused"), error(503, "", "overloaded"), error(500, "CREATE_TASK_FAILED", ""))
+        assert hook.submit_upscale(REQUEST) == "task-0"
+        assert len(fake.requests) == 4
+
+    def test_unreachable_novita_names_the_host(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.fail_next(*[httpx.ConnectError("refused")] * 10)
+        with pytest.raises(NovitaConnectionError, match="Could not reach Novita at https://novita.test"):
+            hook.get_task_result("t")
+
+    def test_the_key_never_appears_in_logs_or_errors(
+        self, hook: NovitaHook, fake: FakeNovita, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        fake.fail_next(
+            error(429, "RATE_LIMIT_EXCEEDED", "x"), *[error(403, "INVALID_API_KEY", "invalid api-key")] * 2
+        )
+        with pytest.raises(NovitaAuthError) as info:
+            hook.submit_upscale(REQUEST)
+        assert "RATE_LIMIT_EXCEEDED" in caplog.text  # the retry was logged ...
+        assert API_KEY not in caplog.text  # ... without the key
+        assert API_KEY not in str(info.value)
+        assert API_KEY not in repr(info.value.__cause__)
+
+
+class TestTestConnection:
+    def test_success_reports_host_and_balance(self, hook: NovitaHook) -> None:
+        assert hook.test_connection() == (True, "Connected to Novita at https://novita.test; credit balance 12.35 USD")
+
+    def test_failure_reports_novitas_reason(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.fail_next(error(403, "INVALID_API_KEY", "invalid api-key"))
+        ok, message = hook.test_connection()
+        assert not ok
+        assert "HTTP 403 INVALID_API_KEY" in message
+
+
+class TestAsync:
+    async def test_async_side_polls_through_the_same_api(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.script = (FAILED,)
+        task_id = await hook.asubmit_upscale(REQUEST)
+        result = await hook.aget_task_result(task_id)
+        assert (result.status, result.reason) == (TaskStatus.FAILED, "cannot upscale https://img.test/cat.png")
+
+    async def test_connection_is_looked_up_with_the_async_api(
+        self, hook: NovitaHook, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def forbidden(*args: object) -> None:
+            raise AssertionError("sync get_connection called on the event loop")
+
+        monkeypatch.setattr(NovitaHook, "get_connection", classmethod(forbidden))
+        assert (await hook.asettings()).api_key == API_KEY
+
+    async def test_concurrent_users_of_one_connection_share_one_client(self, novita_conn: str) -> None:
+        fake = FakeNovita(script=(SUCCEED,))
+        transport = fake.transport()
+        seen: list[httpx.AsyncClient] = []
+
+        async def use() -> None:
+            hook = NovitaHook(novita_conn, transport=transport, retry_policy=FAST)
+            async with hook._leased_client() as client:
+                seen.append(client)
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(use() for _ in range(20)))
+        assert len({id(client) for client in seen}) == 1
+        assert seen[0].is_closed
+        assert len(shared_async_clients) == 0
+
+    async def test_retries_async_too(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.script = (SUCCEED,)
+        fake.fail_next(error(429, "RATE_LIMIT_EXCEEDED", "x", {"Retry-After": "0"}))
+        task_id = await hook.asubmit_upscale(REQUEST)
+        fake.fail_next(error(502, "", "bad gateway"))
+        assert (await hook.aget_task_result(task_id)).status is TaskStatus.SUCCEED
+
+    async def test_rate_limit_error_carries_retry_after(self, hook: NovitaHook, fake: FakeNovita) -> None:
+        fake.fail_next(*[error(429, "RATE_LIMIT_EXCEEDED", "x", {"Retry-After": "0"})] * 10)
+        with pytest.raises(NovitaRateLimitError) as info:
+            await hook.aget_task_result("t")
+        assert info.value.retry_after == 0.0
