@@ -8,8 +8,9 @@ answers to :meth:`BatchPoller.record`, and sleeps :meth:`BatchPoller.next_delay`
 
 The default pace: the first poll comes ``poll_interval`` (2 s) after submission, then waits grow
 by 1.5x up to ``max_poll_interval`` (30 s). When Novita reports an ``eta`` for a task, the wait is
-that eta instead, kept within the same bounds. Every wait carries +/-20% jitter so that tasks
-submitted together (a mapped task, a big batch) do not poll in lock-step. A batch is one request
+that eta instead, kept within the same bounds. Waits carry +/-20% jitter, the first one +/-50%:
+tasks deferred together (a mapped task, a DAG run fanning out) would otherwise poll in lock-step,
+and a burst of simultaneous polls is what stalls a triggerer's event loop. A batch is one request
 per unfinished task per round: finished tasks are never polled again.
 """
 
@@ -55,12 +56,14 @@ class PollingPolicy:
     :param max_poll_interval: the longest wait between two polls.
     :param backoff: factor by which the wait grows while Novita gives no eta.
     :param jitter: fraction by which each wait is randomly shortened or lengthened.
+    :param first_jitter: the same for the wait before the first poll.
     """
 
     poll_interval: float = DEFAULT_POLL_INTERVAL
     max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL
     backoff: float = 1.5
     jitter: float = 0.2
+    first_jitter: float = 0.5
 
     def __post_init__(self) -> None:
         if self.max_poll_interval < self.poll_interval:
@@ -73,7 +76,8 @@ class PollingPolicy:
         """Seconds to wait before poll number ``attempt + 1`` of a task that reported ``eta``."""
         wanted = eta if eta > 0 else self.poll_interval * self.backoff**attempt
         bounded = min(max(wanted, self.poll_interval), self.max_poll_interval)
-        return bounded * (1 + self.jitter * rng.uniform(-1.0, 1.0))
+        jitter = self.first_jitter if attempt == 0 else self.jitter
+        return bounded * (1 + jitter * rng.uniform(-1.0, 1.0))
 
 
 class BatchPoller:

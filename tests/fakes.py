@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Sequence
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tests.conftest import API_KEY
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 SUCCEED = "TASK_STATUS_SUCCEED"
 FAILED = "TASK_STATUS_FAILED"
@@ -28,6 +31,7 @@ class FakeNovita:
     script: Sequence[str] = (QUEUED, PROCESSING, SUCCEED)
     reasons: dict[str, str] = field(default_factory=dict)
     eta: int = 0
+    completed_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     requests: list[httpx.Request] = field(default_factory=list)
     polls: dict[str, int] = field(default_factory=dict)
     scripts: dict[str, Sequence[str]] = field(default_factory=dict)
@@ -35,7 +39,8 @@ class FakeNovita:
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
+        # Looked up per request, so a test may wrap ``handle`` after the transport was handed out.
+        return httpx.MockTransport(lambda request: self.handle(request))
 
     def fail_next(self, *responses: httpx.Response | Exception) -> None:
         """The next requests get these answers (or raise these transport errors), in order."""
@@ -61,7 +66,9 @@ class FakeNovita:
         if request.url.path == "/v3/async/task-result":
             return self._result(request.url.params["task_id"])
         if request.url.path == "/v3/user":
-            return httpx.Response(200, json={"allow_features": [], "credit_balance": 123450, "free_trial": {}})
+            return httpx.Response(
+                200, json={"allow_features": [], "credit_balance": 123450, "free_trial": {}}
+            )
         return error(404, "API_NOT_FOUND", "no such API")
 
     def _result(self, task_id: str) -> httpx.Response:
@@ -75,7 +82,7 @@ class FakeNovita:
         return httpx.Response(
             200,
             json={
-                "extra": {"debug_info": {"complete_time_ms": "1764000000000" if done else ""}},
+                "extra": {"debug_info": {"complete_time_ms": str(self.completed_at_ms) if done else ""}},
                 "task": {
                     "task_id": task_id,
                     "task_type": "UPSCALE",
@@ -85,7 +92,11 @@ class FakeNovita:
                     "progress_percent": 100 if done else 40,
                 },
                 "images": [
-                    {"image_url": f"https://cdn.test/{task_id}.jpeg", "image_url_ttl": "3600", "image_type": "jpeg"}
+                    {
+                        "image_url": f"https://cdn.test/{task_id}.jpeg",
+                        "image_url_ttl": "3600",
+                        "image_type": "jpeg",
+                    }
                 ]
                 if done
                 else [],

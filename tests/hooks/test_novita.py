@@ -68,7 +68,8 @@ class TestConnection:
 
     def test_bad_extra_is_a_clear_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(
-            "AIRFLOW_CONN_NOVITA_DEFAULT", '{"conn_type": "novita", "password": "k", "extra": {"timeout": "soon"}}'
+            "AIRFLOW_CONN_NOVITA_DEFAULT",
+            '{"conn_type": "novita", "password": "k", "extra": {"timeout": "soon"}}',
         )
         with pytest.raises(ValueError, match="'timeout' must be a non-negative number"):
             NovitaHook().settings  # noqa: B018
@@ -86,7 +87,9 @@ class TestRequests:
         assert request.method == "POST"
         assert str(request.url) == "https://novita.test/v3/async/image-upscaler"
         assert request.headers["Authorization"] == f"Bearer {API_KEY}"
-        assert fake.submissions == [{"image": "https://img.test/cat.png", "resolution": "2k", "output_format": "png"}]
+        assert fake.submissions == [
+            {"image": "https://img.test/cat.png", "resolution": "2k", "output_format": "png"}
+        ]
 
     def test_get_task_result_parses_the_answer(self, hook: NovitaHook, fake: FakeNovita) -> None:
         fake.script = (SUCCEED,)
@@ -132,8 +135,12 @@ class TestErrors:
         assert reason in message
         assert "task id task-42" in message
 
-    def test_wrong_key_gives_auth_error_without_the_key(self, monkeypatch: pytest.MonkeyPatch, fake: FakeNovita) -> None:
-        monkeypatch.setenv("AIRFLOW_CONN_NOVITA_DEFAULT", '{"conn_type": "novita", "password": "sk-wrong-key-value"}')
+    def test_wrong_key_gives_auth_error_without_the_key(
+        self, monkeypatch: pytest.MonkeyPatch, fake: FakeNovita
+    ) -> None:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_NOVITA_DEFAULT", '{"conn_type": "novita", "password": "sk-wrong-key-value"}'
+        )
         hook = NovitaHook(transport=fake.transport(), retry_policy=FAST)
         with pytest.raises(NovitaAuthError, match="INVALID_API_KEY") as info:
             hook.submit_upscale(REQUEST)
@@ -150,7 +157,9 @@ class TestErrors:
         assert slept == [7.0]
         assert len(fake.submissions) == 2
 
-    def test_server_errors_and_connect_errors_are_retried_for_reads(self, hook: NovitaHook, fake: FakeNovita) -> None:
+    def test_server_errors_and_connect_errors_are_retried_for_reads(
+        self, hook: NovitaHook, fake: FakeNovita
+    ) -> None:
         fake.script = (SUCCEED,)
         task_id = hook.submit_upscale(REQUEST)
         fake.fail_next(error(503, "", "overloaded"), httpx.ConnectError("refused"), httpx.ReadTimeout("slow"))
@@ -175,13 +184,15 @@ class TestErrors:
         assert len(fake.requests) == 1
 
     def test_submission_is_resent_when_nothing_was_created(self, hook: NovitaHook, fake: FakeNovita) -> None:
-        fake.fail_next(httpx.ConnectError("refused"), error(503, "", "overloaded"), error(500, "CREATE_TASK_FAILED", ""))
+        fake.fail_next(
+            httpx.ConnectError("refused"), error(503, "", "overloaded"), error(500, "CREATE_TASK_FAILED", "")
+        )
         assert hook.submit_upscale(REQUEST) == "task-0"
         assert len(fake.requests) == 4
 
     def test_unreachable_novita_names_the_host(self, hook: NovitaHook, fake: FakeNovita) -> None:
         fake.fail_next(*[httpx.ConnectError("refused")] * 10)
-        with pytest.raises(NovitaConnectionError, match="Could not reach Novita at https://novita.test"):
+        with pytest.raises(NovitaConnectionError, match=r"Could not reach Novita at https://novita\.test"):
             hook.get_task_result("t")
 
     def test_the_key_never_appears_in_logs_or_errors(
@@ -201,7 +212,10 @@ class TestErrors:
 
 class TestTestConnection:
     def test_success_reports_host_and_balance(self, hook: NovitaHook) -> None:
-        assert hook.test_connection() == (True, "Connected to Novita at https://novita.test; credit balance 12.35 USD")
+        assert hook.test_connection() == (
+            True,
+            "Connected to Novita at https://novita.test; credit balance 12.35 USD",
+        )
 
     def test_failure_reports_novitas_reason(self, hook: NovitaHook, fake: FakeNovita) -> None:
         fake.fail_next(error(403, "INVALID_API_KEY", "invalid api-key"))
@@ -215,7 +229,10 @@ class TestAsync:
         fake.script = (FAILED,)
         task_id = await hook.asubmit_upscale(REQUEST)
         result = await hook.aget_task_result(task_id)
-        assert (result.status, result.reason) == (TaskStatus.FAILED, "cannot upscale https://img.test/cat.png")
+        assert (result.status, result.reason) == (
+            TaskStatus.FAILED,
+            "cannot upscale https://img.test/cat.png",
+        )
 
     async def test_connection_is_looked_up_with_the_async_api(
         self, hook: NovitaHook, monkeypatch: pytest.MonkeyPatch
