@@ -13,8 +13,6 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pendulum
-
 from airflow_provider_novita.exceptions import NovitaError, NovitaTaskFailedError, NovitaTimeoutError
 from airflow_provider_novita.models import TaskResult, TaskStatus
 
@@ -94,36 +92,3 @@ class BatchOutcome:
                 raise NovitaError(f"Novita task {task_id} is reported successful but returned no image")
             done.append(result)
         return done
-
-
-def result_record(result: TaskResult, source_image: str | None) -> dict[str, Any]:
-    """
-    The XCom record of one upscaled image, as the operator and the sensor return it.
-
-    ``completed_at`` is Novita's completion time when it reports one; the URL expires
-    ``image_url_ttl`` seconds after it, so downstream tasks can tell how fresh a link is.
-    """
-    image = result.images[0]
-    completed_at = (
-        pendulum.from_timestamp(result.completed_at_ms / 1000, tz="UTC").isoformat()
-        if result.completed_at_ms
-        else None
-    )
-    return {
-        "task_id": result.task_id,
-        "image": source_image,
-        "image_url": image.image_url,
-        "image_type": image.image_type,
-        "image_url_ttl": image.image_url_ttl,
-        "completed_at": completed_at,
-    }
-
-
-def result_records(
-    outcome: BatchOutcome, sources: Sequence[str | None], timeout_description: str
-) -> list[dict[str, Any]]:
-    """The return value of the operator and the sensor: one record per task, in batch order."""
-    results = outcome.results_or_raise(timeout_description)
-    if len(sources) != len(results):
-        raise NovitaError(f"{len(results)} results for {len(sources)} source images")
-    return [result_record(result, source) for result, source in zip(results, sources, strict=False)]

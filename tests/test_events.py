@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_novita.events import BatchOutcome, OutcomeStatus, result_records
+from airflow_provider_novita.events import BatchOutcome, OutcomeStatus
 from airflow_provider_novita.exceptions import NovitaError, NovitaTaskFailedError, NovitaTimeoutError
 from airflow_provider_novita.models import ResultImage, TaskResult, TaskStatus
 
@@ -45,28 +45,6 @@ def test_event_round_trip_is_plain_json() -> None:
 def test_anything_but_a_wellformed_event_raises(event: Any) -> None:
     with pytest.raises(NovitaError):
         BatchOutcome.from_event(event)
-
-
-def test_records_carry_source_and_result_in_order() -> None:
-    records = result_records(outcome(OutcomeStatus.SUCCESS, done("a"), done("b")), ["s1", "s2"], "t")
-    assert records == [
-        {
-            "task_id": "a",
-            "image": "s1",
-            "image_url": "https://o.test/a.png",
-            "image_type": "png",
-            "image_url_ttl": 3600,
-            "completed_at": "2025-11-24T16:00:00+00:00",
-        },
-        {
-            "task_id": "b",
-            "image": "s2",
-            "image_url": "https://o.test/b.png",
-            "image_type": "png",
-            "image_url_ttl": 3600,
-            "completed_at": "2025-11-24T16:00:00+00:00",
-        },
-    ]
 
 
 def test_failed_tasks_are_named_with_their_reasons() -> None:

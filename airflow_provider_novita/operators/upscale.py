@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
 
-from airflow_provider_novita.events import BatchOutcome, result_records
+from airflow_provider_novita.events import BatchOutcome
 from airflow_provider_novita.exceptions import NovitaNotFoundError
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.models import (
@@ -27,13 +27,14 @@ from airflow_provider_novita.polling import (
     PollingPolicy,
     to_seconds,
 )
+from airflow_provider_novita.results import finish_batch
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import timedelta
 
-    from airflow.sdk import Context
+    from airflow.sdk import Context, ObjectStoragePath
     from pydantic import JsonValue
 
 XCOM_TASK_IDS = "task_ids"
@@ -93,9 +94,13 @@ class UpscaleOperator(BaseOperator):
     :param poll_interval: seconds (or timedelta) before the first poll and the shortest wait between polls.
     :param max_poll_interval: the longest wait between polls.
     :param timeout: how long to wait for the whole batch before failing with the unfinished task ids.
+    :param output_path: where to save the images before the task succeeds: a URI or
+        ``ObjectStoragePath`` of a folder (``file:///data/upscaled/``, ``s3://aws_default@bucket/prefix/``,
+        anything Airflow's object storage supports; templated). Each record then gains ``path``. See
+        :mod:`airflow_provider_novita.storage` for the file names and guarantees.
     """
 
-    template_fields: Sequence[str] = ("image", "resolution", "output_format", "novita_conn_id")
+    template_fields: Sequence[str] = ("image", "resolution", "output_format", "novita_conn_id", "output_path")
     ui_color = "#7c5cff"
 
     def __init__(
@@ -110,10 +115,12 @@ class UpscaleOperator(BaseOperator):
         poll_interval: float | timedelta = DEFAULT_POLL_INTERVAL,
         max_poll_interval: float | timedelta = DEFAULT_MAX_POLL_INTERVAL,
         timeout: float | timedelta = DEFAULT_TIMEOUT,
+        output_path: str | ObjectStoragePath | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.image = image
+        self.output_path = output_path
         self.resolution = resolution
         self.output_format = output_format
         self.novita_conn_id = novita_conn_id
@@ -146,17 +153,21 @@ class UpscaleOperator(BaseOperator):
                 task_ids, self.novita_conn_id, self.policy, self.timeout
             )
             self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
-        return self._records(hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout))
+        return self._finish(context, hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: validate its event and return the records."""
-        return self._records(BatchOutcome.from_event(event))
+        return self._finish(context, BatchOutcome.from_event(event))
 
-    def _records(self, outcome: BatchOutcome) -> list[dict[str, Any]]:
-        return result_records(
+    def _finish(self, context: Context, outcome: BatchOutcome) -> list[dict[str, Any]]:
+        return finish_batch(
+            context,
             outcome,
-            [r.image for r in self._requests()],
-            f"Timed out after {self.timeout:g}s waiting for Novita",
+            sources=[request.image for request in self._requests()],
+            resolution=self.resolution,
+            timeout_description=f"Timed out after {self.timeout:g}s waiting for Novita",
+            output_path=self.output_path,
+            outlets=self.outlets,
         )
 
     def _submit(self, hook: NovitaHook, requests: list[UpscaleRequest], context: Context) -> list[str]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from airflow_provider_novita.events import BatchOutcome, result_records
+from airflow_provider_novita.events import BatchOutcome
 from airflow_provider_novita.exceptions import NovitaTimeoutError
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.polling import (
@@ -20,13 +20,14 @@ from airflow_provider_novita.polling import (
     PollingPolicy,
     to_seconds,
 )
+from airflow_provider_novita.results import finish_batch
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 
 if TYPE_CHECKING:
     import datetime
     from collections.abc import Callable, Sequence
 
-    from airflow.sdk import Context
+    from airflow.sdk import Context, ObjectStoragePath
 
 
 class TaskResultSensor(BaseSensorOperator):
@@ -49,9 +50,11 @@ class TaskResultSensor(BaseSensorOperator):
     :param deferrable: wait on the triggerer. Defaults to ``[operators] default_deferrable``.
     :param poke_interval: seconds before the first poll and the shortest wait between polls.
     :param max_poll_interval: the longest wait between polls.
+    :param output_path: where to save the images before the task succeeds, as for
+        :class:`UpscaleOperator` (templated). Names carry no resolution: the sensor does not know it.
     """
 
-    template_fields: Sequence[str] = ("task_ids", "images", "novita_conn_id")
+    template_fields: Sequence[str] = ("task_ids", "images", "novita_conn_id", "output_path")
 
     def __init__(
         self,
@@ -63,10 +66,12 @@ class TaskResultSensor(BaseSensorOperator):
         poke_interval: float | datetime.timedelta = DEFAULT_POLL_INTERVAL,
         max_poll_interval: float | datetime.timedelta = DEFAULT_MAX_POLL_INTERVAL,
         timeout: float | datetime.timedelta = DEFAULT_TIMEOUT,
+        output_path: str | ObjectStoragePath | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.task_ids = task_ids
+        self.output_path = output_path
         self.images = images
         self.novita_conn_id = novita_conn_id
         self.deferrable = deferrable
@@ -106,7 +111,7 @@ class TaskResultSensor(BaseSensorOperator):
         outcome = self._poller.outcome(time.time())
         if outcome is None:
             return False
-        return PokeReturnValue(is_done=True, xcom_value=self._records(outcome))
+        return PokeReturnValue(is_done=True, xcom_value=self._finish(context, outcome))
 
     def _get_next_poke_interval(
         self,
@@ -119,11 +124,19 @@ class TaskResultSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: validate its event and return the records."""
-        return self._records(BatchOutcome.from_event(event))
+        return self._finish(context, BatchOutcome.from_event(event))
 
-    def _records(self, outcome: BatchOutcome) -> list[dict[str, Any]]:
+    def _finish(self, context: Context, outcome: BatchOutcome) -> list[dict[str, Any]]:
         try:
-            return result_records(outcome, self._sources(), f"Sensor timed out after {self.timeout:g}s")
+            return finish_batch(
+                context,
+                outcome,
+                sources=self._sources(),
+                resolution=None,
+                timeout_description=f"Sensor timed out after {self.timeout:g}s",
+                output_path=self.output_path,
+                outlets=self.outlets,
+            )
         except NovitaTimeoutError as err:
             # As a sensor timeout, ``soft_fail`` and ``never_fail`` apply to it as users expect.
             raise AirflowSensorTimeout(str(err)) from err

@@ -1,0 +1,109 @@
+"""
+What a finished batch becomes in the task: result records, files in object storage, asset events.
+
+Shared by :class:`UpscaleOperator` and :class:`TaskResultSensor`, so both return the same records,
+persist them the same way and annotate their outlets the same way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pendulum
+from airflow.sdk import Asset
+
+from airflow_provider_novita.exceptions import NovitaError
+from airflow_provider_novita.storage import Destination, persist_results
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_novita.events import BatchOutcome
+    from airflow_provider_novita.models import TaskResult
+
+# Task state store key of the files a try completed, so that a retry does not download them again.
+PERSISTED_STATE_KEY = "novita_persisted_results"
+
+
+def result_record(result: TaskResult, source_image: str | None) -> dict[str, Any]:
+    """
+    The XCom record of one upscaled image.
+
+    ``completed_at`` is Novita's completion time when it reports one; the URL expires
+    ``image_url_ttl`` seconds after it, so downstream tasks can tell how fresh a link is.
+    """
+    image = result.images[0]
+    completed_at = (
+        pendulum.from_timestamp(result.completed_at_ms / 1000, tz="UTC").isoformat()
+        if result.completed_at_ms
+        else None
+    )
+    return {
+        "task_id": result.task_id,
+        "image": source_image,
+        "image_url": image.image_url,
+        "image_type": image.image_type,
+        "image_url_ttl": image.image_url_ttl,
+        "completed_at": completed_at,
+    }
+
+
+def finish_batch(
+    context: Context,
+    outcome: BatchOutcome,
+    *,
+    sources: Sequence[str | None],
+    resolution: str | None,
+    timeout_description: str,
+    output_path: str | ObjectStoragePath | None,
+    outlets: Sequence[object],
+) -> list[dict[str, Any]]:
+    """
+    Turn the outcome into the task's return value: one record per image, in batch order.
+
+    Raises for anything but full success. With ``output_path`` every image is first persisted and its
+    record gains ``path``; every :class:`~airflow.sdk.Asset` outlet's event gets ``count``, the
+    Novita ``task_ids`` and, when persisted, the ``paths`` in its extra.
+    """
+    results = outcome.results_or_raise(timeout_description)
+    if len(sources) != len(results):
+        raise NovitaError(f"{len(results)} results for {len(sources)} source images")
+    records = [result_record(result, source) for result, source in zip(results, sources, strict=False)]
+    if output_path:
+        _persist(context, records, sources, resolution, output_path)
+    for outlet in outlets:
+        if isinstance(outlet, Asset):
+            extra = context["outlet_events"][outlet].extra
+            extra["count"] = len(records)
+            extra["task_ids"] = [record["task_id"] for record in records]
+            if output_path:
+                extra["paths"] = [record["path"] for record in records]
+    return records
+
+
+def _persist(
+    context: Context,
+    records: list[dict[str, Any]],
+    sources: Sequence[str | None],
+    resolution: str | None,
+    output_path: str | ObjectStoragePath,
+) -> None:
+    store = context.get("task_state_store")
+    saved = store.get(PERSISTED_STATE_KEY, default={}) if store is not None else {}
+    written: dict[str, Any] = dict(saved) if isinstance(saved, dict) else {}
+
+    def remember(task_id: str, file: dict[str, Any]) -> None:
+        written[task_id] = file
+        if store is not None:
+            store.set(PERSISTED_STATE_KEY, written)
+
+    persist_results(
+        records,
+        [Destination(source, resolution, position) for position, source in enumerate(sources)],
+        output_path,
+        map_index=context["ti"].map_index if context["ti"].map_index is not None else -1,
+        written_before=dict(written),
+        on_written=remember,
+    )
