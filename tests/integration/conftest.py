@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from airflow_provider_novita.emulator import EmulatorServer
 from airflow_provider_novita.emulator.pytest_plugin import EmulatorFactory, novita_emulator_factory
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from airflow_provider_novita.emulator import EmulatorServer
 
 __all__ = ["novita_emulator_factory"]
 
@@ -42,7 +45,7 @@ def emulator(
 
 
 @pytest.fixture
-def run_dag(airflow_db: None) -> Iterator[Callable[..., Any]]:
+def run_dag(airflow_db: None) -> Callable[..., Any]:
     """Runs an example DAG (by id) with ``dag.test(run_conf=...)`` and returns the finished DagRun."""
     from airflow.dag_processing.dagbag import DagBag
 
@@ -54,7 +57,7 @@ def run_dag(airflow_db: None) -> Iterator[Callable[..., Any]]:
     def run(dag_id: str, **conf: Any) -> Any:
         return bag.get_dag(dag_id).test(run_conf=conf)
 
-    yield run
+    return run
 
 
 def xcom(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:

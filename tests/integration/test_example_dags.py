@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from PIL import Image
 
-from airflow_provider_novita.emulator import EmulatorServer
 from tests.integration.conftest import task_states, xcom
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from airflow_provider_novita.emulator import EmulatorServer
 
 # The emulator's choice of long edge per resolution (documented in airflow_provider_novita.emulator).
 LONG_EDGE = {"2k": 2048, "4k": 4096}
@@ -83,7 +86,7 @@ def test_submit_then_deferrable_sensor(
     task_ids = xcom(dag_run, "submit", key="task_ids")
     assert xcom(dag_run, "submit") == task_ids
     records = xcom(dag_run, "wait")
-    assert [(r["task_id"], r["image"]) for r in records] == list(zip(task_ids, sources))
+    assert [(r["task_id"], r["image"]) for r in records] == list(zip(task_ids, sources, strict=True))
     for record in records:
         check_image(local(record["path"]), "2k", "jpeg")  # transparent PNG in, JPEG out
     assert emu.stats()["accepted_submissions"] == 2
