@@ -7,6 +7,7 @@ the real emulator over loopback.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -15,8 +16,21 @@ os.environ["AIRFLOW_HOME"] = _home
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_home}/airflow.db")
-EXAMPLE_DAGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example_dags")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_DAGS = os.path.join(_ROOT, "example_dags")
+TEST_DAGS = os.path.join(_ROOT, "tests", "dags")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = EXAMPLE_DAGS
+# dag.test() runs only DAGs of a configured bundle: the examples, and DAGs written for the tests.
+os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
+    [
+        {
+            "name": name,
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": path},
+        }
+        for name, path in (("examples", EXAMPLE_DAGS), ("tests", TEST_DAGS))
+    ]
+)
 
 import pytest  # noqa: E402
 

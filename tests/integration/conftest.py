@@ -46,16 +46,19 @@ def emulator(
 
 @pytest.fixture
 def run_dag(airflow_db: None) -> Callable[..., Any]:
-    """Runs an example DAG (by id) with ``dag.test(run_conf=...)`` and returns the finished DagRun."""
+    """Runs an example or test DAG (by id) with ``dag.test(run_conf=...)`` and returns the finished DagRun."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from tests.conftest import EXAMPLE_DAGS
+    from tests.conftest import EXAMPLE_DAGS, TEST_DAGS
 
-    bag = DagBag(dag_folder=EXAMPLE_DAGS)
-    assert bag.import_errors == {}
+    dags = {}
+    for folder in (EXAMPLE_DAGS, TEST_DAGS):
+        bag = DagBag(dag_folder=folder)
+        assert bag.import_errors == {}
+        dags.update(bag.dags)
 
     def run(dag_id: str, **conf: Any) -> Any:
-        return bag.get_dag(dag_id).test(run_conf=conf)
+        return dags[dag_id].test(run_conf=conf)
 
     return run
 

@@ -1,0 +1,52 @@
+"""DAGs that the integration tests run with ``dag.test()``; everything comes in through params."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, Asset, task
+
+from airflow_provider_novita.operators.upscale import UpscaleOperator
+
+for deferrable in (True, False):
+    with DAG(
+        dag_id=f"novita_test_upscale_{'deferrable' if deferrable else 'sync'}",
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        render_template_as_native_obj=True,
+        params={"images": [], "output_path": None, "resolution": "2k"},
+    ):
+        UpscaleOperator(
+            task_id="upscale",
+            image="{{ params.images }}",
+            resolution="{{ params.resolution }}",
+            output_format="png",
+            output_path="{{ params.output_path }}",
+            deferrable=deferrable,
+            poll_interval=0.5,
+            retries=2,
+            retry_delay=timedelta(seconds=0),
+            outlets=[Asset("novita_test_images")],
+        )
+
+with DAG(
+    dag_id="novita_test_mapped",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    render_template_as_native_obj=True,
+    params={"images": [], "output_path": None},
+):
+
+    @task
+    def images(params: dict[str, Any]) -> list[str]:
+        return list(params["images"])
+
+    UpscaleOperator.partial(
+        task_id="upscale",
+        resolution="2k",
+        output_format="jpeg",
+        output_path="{{ params.output_path }}",
+        poll_interval=0.5,
+    ).expand(image=images())
