@@ -10,9 +10,9 @@ from airflow.sdk import DAG, Asset, task
 
 from airflow_provider_novita.operators.upscale import UpscaleOperator
 
-for deferrable in (True, False):
+for name, deferrable, retries in (("deferrable", True, 2), ("sync", False, 2), ("no_retry", True, 0)):
     with DAG(
-        dag_id=f"novita_test_upscale_{'deferrable' if deferrable else 'sync'}",
+        dag_id=f"novita_test_upscale_{name}",
         schedule=None,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         render_template_as_native_obj=True,
@@ -26,7 +26,7 @@ for deferrable in (True, False):
             output_path="{{ params.output_path }}",
             deferrable=deferrable,
             poll_interval=0.5,
-            retries=2,
+            retries=retries,
             retry_delay=timedelta(seconds=0),
             outlets=[Asset("novita_test_images")],
         )
