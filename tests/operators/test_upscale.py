@@ -153,7 +153,8 @@ class TestWaitingInTheWorker:
         fake.script = (PROCESSING,)
         with pytest.raises(
             NovitaTimeoutError,
-            match=r"Timed out after 0\.2s waiting for Novita; 2 Novita task\(s\) still unfinished: task-0, task-1",
+            match=r"Timed out after 0\.2s waiting for Novita; 2 Novita task\(s\) still unfinished: "
+            r"task-0, task-1",
         ):
             operator(deferrable=False, timeout=0.2).execute(context())  # type: ignore[arg-type]
 
