@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from importlib import resources
 from importlib.metadata import entry_points
 
@@ -43,3 +45,15 @@ def test_connection_form_shows_an_api_key_field_and_hides_the_rest() -> None:
     behaviour = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
     assert behaviour["relabeling"]["password"] == "API Key"
     assert {"schema", "port", "login", "extra"} <= set(behaviour["hidden-fields"])
+
+
+def test_airflow_cli_lists_the_provider_and_its_connection_type() -> None:
+    def airflow(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "airflow", "providers", *args], check=True, capture_output=True, text=True
+        ).stdout
+
+    assert "airflow-provider-novita" in airflow("list")
+    (hook_line,) = [line for line in airflow("hooks").splitlines() if line.startswith("novita ")]
+    assert "airflow_provider_novita.hooks.novita.NovitaHook" in hook_line
+    assert "Novita AI" in hook_line

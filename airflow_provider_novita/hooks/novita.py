@@ -71,13 +71,6 @@ class NovitaHook(BaseHook):
         self._settings: ConnectionSettings | None = None
         self._aclient: httpx.AsyncClient | None = None
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection form for Airflow 3.2 and older releases that read it from the hook."""
-        from airflow_provider_novita import CONNECTION_UI_FIELD_BEHAVIOUR
-
-        return CONNECTION_UI_FIELD_BEHAVIOUR
-
     # -- connection ---------------------------------------------------------------------------
 
     @property
