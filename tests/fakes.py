@@ -7,14 +7,19 @@ per request with ``fail_next``. Every request is recorded so tests can count sub
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import time
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 
+from airflow_provider_novita.hooks.novita import NovitaHook
+from airflow_provider_novita.retries import RetryPolicy
 from tests.conftest import API_KEY
 
 if TYPE_CHECKING:
@@ -41,6 +46,14 @@ class FakeNovita:
     def transport(self) -> httpx.MockTransport:
         # Looked up per request, so a test may wrap ``handle`` after the transport was handed out.
         return httpx.MockTransport(lambda request: self.handle(request))
+
+    def serve(self, monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> None:
+        """Make the hooks that ``module`` creates talk to this fake, with near-instant retries."""
+        monkeypatch.setattr(
+            module,
+            "NovitaHook",
+            functools.partial(NovitaHook, transport=self.transport(), retry_policy=RetryPolicy(3, 0.001)),
+        )
 
     def fail_next(self, *responses: httpx.Response | Exception) -> None:
         """The next requests get these answers (or raise these transport errors), in order."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from datetime import timedelta
 from typing import Any
@@ -17,10 +16,8 @@ from airflow_provider_novita.exceptions import (
     NovitaTaskFailedError,
     NovitaTimeoutError,
 )
-from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.operators import upscale
 from airflow_provider_novita.operators.upscale import STATE_STORE_KEY, UpscaleOperator
-from airflow_provider_novita.retries import RetryPolicy
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 from tests.conftest import API_KEY
 from tests.fakes import FAILED, PROCESSING, SUCCEED, FakeNovita, error
@@ -52,11 +49,7 @@ class FakeStateStore:
 @pytest.fixture
 def fake(novita_conn: str, monkeypatch: pytest.MonkeyPatch) -> FakeNovita:
     fake = FakeNovita(script=(PROCESSING, SUCCEED))
-    monkeypatch.setattr(
-        upscale,
-        "NovitaHook",
-        functools.partial(NovitaHook, transport=fake.transport(), retry_policy=RetryPolicy(2, 0.001)),
-    )
+    fake.serve(monkeypatch, upscale)
     return fake
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import pytest
@@ -10,8 +9,6 @@ from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
 
 from airflow_provider_novita.exceptions import NovitaTaskFailedError
-from airflow_provider_novita.hooks.novita import NovitaHook
-from airflow_provider_novita.retries import RetryPolicy
 from airflow_provider_novita.sensors import task_result
 from airflow_provider_novita.sensors.task_result import TaskResultSensor
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
@@ -23,11 +20,7 @@ SOURCES = ["https://img.test/a.png", "https://img.test/b.png"]
 @pytest.fixture
 def fake(novita_conn: str, monkeypatch: pytest.MonkeyPatch) -> FakeNovita:
     fake = FakeNovita(script=(PROCESSING, SUCCEED))
-    monkeypatch.setattr(
-        task_result,
-        "NovitaHook",
-        functools.partial(NovitaHook, transport=fake.transport(), retry_policy=RetryPolicy(2, 0.001)),
-    )
+    fake.serve(monkeypatch, task_result)
     fake.scripts = {"t0": fake.script, "t1": fake.script}
     fake.reasons = {"t0": "", "t1": "INVALID_IMAGE_SIZE"}
     return fake

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import time
 from typing import TYPE_CHECKING
@@ -14,7 +13,6 @@ import pytest
 from airflow_provider_novita.hooks import clients
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.polling import PollingPolicy
-from airflow_provider_novita.retries import RetryPolicy
 from airflow_provider_novita.triggers import task_result
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 from tests.conftest import API_KEY
@@ -30,12 +28,7 @@ CLASSPATH = "airflow_provider_novita.triggers.task_result.TaskResultTrigger"
 def fake(novita_conn: str, monkeypatch: pytest.MonkeyPatch) -> FakeNovita:
     """Routes the hooks the trigger creates through a fake Novita."""
     fake = FakeNovita()
-    transport = fake.transport()
-    monkeypatch.setattr(
-        task_result,
-        "NovitaHook",
-        functools.partial(NovitaHook, transport=transport, retry_policy=RetryPolicy(3, 0.001)),
-    )
+    fake.serve(monkeypatch, task_result)
     return fake
 
 
