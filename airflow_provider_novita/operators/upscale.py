@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
@@ -138,13 +139,16 @@ class UpscaleOperator(BaseOperator):
         if _is_literal(image):
             _images(image)
 
+    @cached_property
+    def hook(self) -> NovitaHook:
+        return NovitaHook(self.novita_conn_id)
+
     def _requests(self) -> list[UpscaleRequest]:
         return [UpscaleRequest(url, self.resolution, self.output_format) for url in _images(self.image)]
 
     def execute(self, context: Context) -> Any:
         requests = self._requests()
-        hook = NovitaHook(self.novita_conn_id)
-        task_ids = self._submit(hook, requests, context)
+        task_ids = self._submit(requests, context)
         context["ti"].xcom_push(key=XCOM_TASK_IDS, value=task_ids)
         if not self.wait_for_completion:
             return task_ids
@@ -153,7 +157,9 @@ class UpscaleOperator(BaseOperator):
                 task_ids, self.novita_conn_id, self.policy, self.timeout
             )
             self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
-        return self._finish(context, hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout))
+        return self._finish(
+            context, self.hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout)
+        )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: validate its event and return the records."""
@@ -170,7 +176,7 @@ class UpscaleOperator(BaseOperator):
             outlets=self.outlets,
         )
 
-    def _submit(self, hook: NovitaHook, requests: list[UpscaleRequest], context: Context) -> list[str]:
+    def _submit(self, requests: list[UpscaleRequest], context: Context) -> list[str]:
         """Submit every request, reattaching a retry to the tasks an earlier try already created."""
         store = context.get("task_state_store")
         saved = store.get(STATE_STORE_KEY, default={}) if store is not None else {}
@@ -182,12 +188,12 @@ class UpscaleOperator(BaseOperator):
             # retry whose templates rendered differently does not inherit the wrong task.
             key = f"{index}|{request.image}|{request.resolution}|{request.output_format}"
             task_id = previous.get(key)
-            if task_id and self._can_reattach(hook, task_id):
+            if task_id and self._can_reattach(task_id):
                 self.log.info(
                     "Reattaching to Novita task %s submitted by an earlier try for %s", task_id, request.image
                 )
             else:
-                task_id = hook.submit_upscale(request)
+                task_id = self.hook.submit_upscale(request)
                 self.log.info("Submitted %s to Novita as task %s", request.image, task_id)
             submitted[key] = task_id
             task_ids.append(task_id)
@@ -195,9 +201,9 @@ class UpscaleOperator(BaseOperator):
                 store.set(STATE_STORE_KEY, submitted)
         return task_ids
 
-    def _can_reattach(self, hook: NovitaHook, task_id: str) -> bool:
+    def _can_reattach(self, task_id: str) -> bool:
         try:
-            result = hook.get_task_result(task_id)
+            result = self.hook.get_task_result(task_id)
         except NovitaNotFoundError:
             return False
         if result.status is TaskStatus.FAILED:

@@ -91,6 +91,11 @@ class TaskResultSensor(BaseSensorOperator):
         return [self.images] if isinstance(self.images, str) else list(self.images)
 
     @cached_property
+    def hook(self) -> NovitaHook:
+        """One hook, and so one HTTP client, for all pokes of this sensor instance."""
+        return NovitaHook(self.novita_conn_id)
+
+    @cached_property
     def _poller(self) -> BatchPoller:
         # The sensor's own ``timeout`` ends a non-deferrable wait, so the poller needs no deadline.
         return BatchPoller(self._task_ids(), self.policy, end_time=float("inf"))
@@ -107,7 +112,7 @@ class TaskResultSensor(BaseSensorOperator):
         self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
-        self._poller.record(NovitaHook(self.novita_conn_id).get_task_results(self._poller.pending()))
+        self._poller.record(self.hook.get_task_results(self._poller.pending()))
         outcome = self._poller.outcome(time.time())
         if outcome is None:
             return False
