@@ -20,7 +20,7 @@ from PIL import Image
 
 from airflow_provider_novita.exceptions import NovitaError
 from airflow_provider_novita.storage import Destination, persist_results
-from tests.integration.conftest import task_states, xcom
+from tests.integration.conftest import HAS_TASK_STATE_STORE, task_states, xcom
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -126,9 +126,17 @@ def test_a_broken_download_leaves_no_file_and_a_retry_downloads_only_what_is_mis
     emu = emulator(truncate_downloads=1)
     sources = [f"{emu.base_url}/samples/landscape.png", f"{emu.base_url}/samples/portrait.jpg"]
     dag_run = run_dag(DEFERRABLE, images=sources, output_path=f"file://{tmp_path}")
+    stats = emu.stats()
+    if not HAS_TASK_STATE_STORE:
+        # Before Airflow 3.3 nothing survives a try: each of the 3 tries submits both images again
+        # and breaks on its first download, so the task fails; what stays true is that nothing
+        # incomplete is left behind.
+        assert dag_run.state == "failed"
+        assert stats["accepted_submissions"] == 6
+        assert files(tmp_path) == []
+        return
     assert dag_run.state == "success"
     records = xcom(dag_run, "upscale")
-    stats = emu.stats()
     assert sorted(stats["downloads_by_output"].values()) == [2, 2], "one broken and one good download each"
     assert stats["accepted_submissions"] == 2, "retries reattached instead of submitting again"
     assert files(tmp_path) == sorted(Path(r["path"]).name for r in records), "no partial file left behind"
