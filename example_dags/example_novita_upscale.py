@@ -16,6 +16,7 @@ Choose the image and settings when triggering::
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -47,6 +48,10 @@ with DAG(
         output_format="{{ params.output_format }}",
         output_path="{{ params.output_path }}",
         deferrable=True,
+        # Safe with Novita's per-job billing: on Airflow 3.3+ a retry reattaches to the job it already
+        # submitted. It also covers a known Airflow race around deferral (apache/airflow#67287).
+        retries=2,
+        retry_delay=timedelta(seconds=10),
     )
 
     @task
