@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +38,8 @@ DEFAULT_POLL_INTERVAL = 2.0
 DEFAULT_MAX_POLL_INTERVAL = 30.0
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
+# Seconds between progress lines while no task of a batch changes status.
+PROGRESS_LOG_INTERVAL = 60.0
 
 
 def to_seconds(name: str, value: float | timedelta) -> float:
@@ -110,7 +113,8 @@ class BatchPoller:
         self.attempt = 0
         self.consecutive_errors = 0
         self._fatal: str | None = None
-        self._last_summary = ""
+        self._last_statuses = ""
+        self._last_logged = 0.0
 
     def pending(self) -> list[str]:
         """Task ids whose last known status is not final, in batch order."""
@@ -173,17 +177,21 @@ class BatchPoller:
         return [self.results.get(task_id) for task_id in self.task_ids]
 
     def _log_progress(self) -> None:
-        # One line per round, and only when something changed: readable for a batch of hundreds.
+        # A line when a task changes status, else one a minute: progress moves every round, and a
+        # line per round per trigger drowns a triggerer's logs (13,000 lines for 1,000 jobs).
         counts = Counter(r.status.name for r in self.results.values())
         unseen = len(self.task_ids) - len(self.results)
-        running = [r for r in self.results.values() if not r.status.is_terminal]
         parts = [f"{name.lower()} {count}" for name, count in sorted(counts.items())]
         if unseen:
             parts.append(f"not yet seen {unseen}")
+        statuses = ", ".join(parts)
+        now = time.monotonic()
+        if statuses == self._last_statuses and now - self._last_logged < PROGRESS_LOG_INTERVAL:
+            return
+        running = [r for r in self.results.values() if not r.status.is_terminal]
         if running:
-            parts.append(f"progress {min(r.progress_percent for r in running)}%")
-            parts.append(f"max eta {max(r.eta for r in running)}s")
-        summary = ", ".join(parts)
-        if summary != self._last_summary:
-            log.info("Novita batch of %d task(s): %s", len(self.task_ids), summary)
-            self._last_summary = summary
+            statuses += f"; progress {min(r.progress_percent for r in running)}%"
+            statuses += f", max eta {max(r.eta for r in running)}s"
+        log.info("Novita batch of %d task(s): %s", len(self.task_ids), statuses)
+        self._last_statuses = ", ".join(parts)
+        self._last_logged = now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from datetime import timedelta
 
@@ -138,3 +139,16 @@ class TestBatchPoller:
         assert outcome is not None
         assert outcome.status is OutcomeStatus.ERROR
         assert "INVALID_API_KEY" in outcome.message
+
+
+def test_progress_is_logged_when_a_status_changes_not_every_round(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="airflow_provider_novita.polling")
+    poller = BatchPoller(["a", "b"], NO_JITTER, end_time=1000)
+    running = [result("a", TaskStatus.PROCESSING, eta=9), result("b", TaskStatus.QUEUED)]
+    poller.record(running)
+    poller.record(running)  # same statuses: no new line
+    poller.record([result("a", TaskStatus.SUCCEED), result("b", TaskStatus.PROCESSING, eta=4)])
+    assert [r.getMessage() for r in caplog.records] == [
+        "Novita batch of 2 task(s): processing 1, queued 1; progress 0%, max eta 9s",
+        "Novita batch of 2 task(s): processing 1, succeed 1; progress 0%, max eta 4s",
+    ]

@@ -13,13 +13,18 @@ from airflow.sdk import BaseHook
 from airflow.sdk import log as sdk_log
 
 from airflow_provider_novita.exceptions import NovitaConnectionError, NovitaError, error_from_response
-from airflow_provider_novita.hooks.clients import ConnectionSettings, shared_async_clients, shared_ssl_context
+from airflow_provider_novita.hooks.clients import (
+    ConnectionSettings,
+    SharedClient,
+    shared_async_clients,
+    shared_ssl_context,
+)
 from airflow_provider_novita.models import TaskResult, UpscaleRequest
 from airflow_provider_novita.polling import BatchPoller, PollingPolicy
 from airflow_provider_novita.retries import RetryPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     from airflow_provider_novita.events import BatchOutcome
 
@@ -69,7 +74,7 @@ class NovitaHook(BaseHook):
         self._transport = transport
         self._retry_policy = retry_policy
         self._settings: ConnectionSettings | None = None
-        self._aclient: httpx.AsyncClient | None = None
+        self._shared: SharedClient | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -159,26 +164,27 @@ class NovitaHook(BaseHook):
     # -- async --------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _leased_client(self) -> Any:
+    async def _leased_client(self) -> AsyncIterator[SharedClient]:
         settings = await self.asettings()
-        async with shared_async_clients.lease(settings, self._transport) as client:
-            self._aclient = client
+        async with shared_async_clients.lease(settings, self._transport) as shared:
+            self._shared = shared
             try:
-                yield client
+                yield shared
             finally:
-                self._aclient = None
+                self._shared = None
 
     async def _arequest(self, method: str, path: str, *, task_id: str | None = None, **kwargs: Any) -> Any:
-        if self._aclient is None:
+        if self._shared is None:
             async with self._leased_client():
                 return await self._arequest(method, path, task_id=task_id, **kwargs)
-        client = self._aclient
+        shared = self._shared
         async for attempt in self._retries().async_retrying(idempotent=method == "GET"):
             with attempt:
                 try:
-                    response = await client.request(method, path, **kwargs)
+                    async with shared.slots:
+                        response = await shared.client.request(method, path, **kwargs)
                 except httpx.TransportError as err:
-                    raise _connection_error(err, client.base_url) from err
+                    raise _connection_error(err, shared.client.base_url) from err
                 return _json_or_raise(response, task_id)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 

@@ -17,9 +17,10 @@ from airflow_provider_novita.exceptions import (
     NovitaRateLimitError,
     NovitaServerError,
 )
-from airflow_provider_novita.hooks.clients import shared_async_clients
+from airflow_provider_novita.hooks.clients import MAX_IN_FLIGHT, shared_async_clients
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.models import TaskStatus, UpscaleRequest
+from airflow_provider_novita.polling import PollingPolicy
 from airflow_provider_novita.retries import RetryPolicy
 from tests.conftest import API_KEY
 from tests.fakes import FAILED, SUCCEED, FakeNovita, error
@@ -250,8 +251,8 @@ class TestAsync:
 
         async def use() -> None:
             hook = NovitaHook(novita_conn, transport=transport, retry_policy=FAST)
-            async with hook._leased_client() as client:
-                seen.append(client)
+            async with hook._leased_client() as shared:
+                seen.append(shared.client)
                 await asyncio.sleep(0.01)
 
         await asyncio.gather(*(use() for _ in range(20)))
@@ -271,3 +272,28 @@ class TestAsync:
         with pytest.raises(NovitaRateLimitError) as info:
             await hook.aget_task_result("t")
         assert info.value.retry_after == 0.0
+
+
+async def test_a_shared_client_keeps_at_most_max_in_flight_requests(novita_conn: str) -> None:
+    """Bursts wait on the client's slots, not inside httpcore's pool, whose hand-over is quadratic."""
+    in_flight = 0
+    most = 0
+
+    async def slow_novita(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        task = {"task_id": request.url.params["task_id"], "status": "TASK_STATUS_QUEUED"}
+        return httpx.Response(200, json={"task": task})
+
+    transport = httpx.MockTransport(slow_novita)
+    hooks = [NovitaHook(novita_conn, transport=transport, retry_policy=FAST) for _ in range(10)]
+    await asyncio.gather(
+        *(
+            hook.await_tasks([f"t{i}-{j}" for j in range(20)], PollingPolicy(0.01), 0)
+            for i, hook in enumerate(hooks)
+        )
+    )
+    assert most == MAX_IN_FLIGHT
