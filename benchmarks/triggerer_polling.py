@@ -1,7 +1,7 @@
 """
 What waiting for many Novita tasks costs the triggerer: ``TaskResultTrigger`` measured like its peers.
 
-``/work/shared/performance-notes.md`` measured peers this way: N triggers run as coroutines in one
+The project's performance notes measured peers this way: N triggers run as coroutines in one
 event loop, as the triggerer runs them, beside a 10 ms heartbeat that records event-loop lag, each
 polling a loopback job-status server every 5 s until its job finishes 60 s after the start. This
 script does the same with :class:`~airflow_provider_novita.triggers.task_result.TaskResultTrigger`
@@ -98,7 +98,7 @@ IDLE_CPU_SHARE = 0.03
 IDLE_WINDOW = 0.5
 
 PEERS = """\
-Peers, from /work/shared/performance-notes.md (their machine: 2 cores, fixed 5 s polls, 60 s jobs):
+Peers, from the project's performance notes (their machine: 2 cores, fixed 5 s polls, 60 s jobs):
 | peer                                   | CPU/poll    | RSS/trig   | lag p99 / max ms  | TCP conns    |
 | sleep only (the floor)                 | 0.14-0.15ms | 16 KB      | 1 / 3-128         | 0            |
 | HttpSensorTrigger (aiohttp, 6.3.0)     | 1.5 ms      | 45 KB      | 66-72 / 450-480   | one per poll |
