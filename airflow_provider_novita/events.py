@@ -75,7 +75,7 @@ class BatchOutcome:
         if self.status is OutcomeStatus.TIMEOUT:
             unfinished = [
                 task_id
-                for task_id, result in zip(self.task_ids, self.results, strict=False)
+                for task_id, result in zip(self.task_ids, self.results, strict=True)
                 if result is None or not result.status.is_terminal
             ]
             raise NovitaTimeoutError(unfinished, timeout_description)
@@ -87,7 +87,7 @@ class BatchOutcome:
         if failures or self.status is OutcomeStatus.FAILED:
             raise NovitaTaskFailedError(failures)
         done: list[TaskResult] = []
-        for task_id, result in zip(self.task_ids, self.results, strict=False):
+        for task_id, result in zip(self.task_ids, self.results, strict=True):
             if result is None or result.status is not TaskStatus.SUCCEED or not result.images:
                 raise NovitaError(f"Novita task {task_id} is reported successful but returned no image")
             done.append(result)

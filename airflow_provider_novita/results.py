@@ -13,6 +13,7 @@ import pendulum
 from airflow.sdk import Asset
 
 from airflow_provider_novita.exceptions import NovitaError
+from airflow_provider_novita.retry_memory import RetryMemory
 from airflow_provider_novita.storage import Destination, persist_results
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def finish_batch(
     results = outcome.results_or_raise(timeout_description)
     if len(sources) != len(results):
         raise NovitaError(f"{len(results)} results for {len(sources)} source images")
-    records = [result_record(result, source) for result, source in zip(results, sources, strict=False)]
+    records = [result_record(result, source) for result, source in zip(results, sources, strict=True)]
     if output_path:
         _persist(context, records, sources, resolution, output_path)
     for outlet in outlets:
@@ -90,14 +91,12 @@ def _persist(
     resolution: str | None,
     output_path: str | ObjectStoragePath,
 ) -> None:
-    store = context.get("task_state_store")
-    saved = store.get(PERSISTED_STATE_KEY, default={}) if store is not None else {}
-    written: dict[str, Any] = dict(saved) if isinstance(saved, dict) else {}
+    memory = RetryMemory(context, PERSISTED_STATE_KEY)
+    written = memory.load()
 
     def remember(task_id: str, file: dict[str, Any]) -> None:
         written[task_id] = file
-        if store is not None:
-            store.set(PERSISTED_STATE_KEY, written)
+        memory.save(written)
 
     persist_results(
         records,

@@ -86,7 +86,7 @@ def persist_results(
     # A plain client on purpose: result URLs are presigned links on other hosts, which must never see
     # the Novita API key.
     with httpx.Client(timeout=DOWNLOAD_TIMEOUT, verify=shared_ssl_context(), follow_redirects=True) as client:
-        for record, destination in zip(records, destinations, strict=False):
+        for record, destination in zip(records, destinations, strict=True):
             task_id = record["task_id"]
             target = root / output_name(record, destination, map_index)
             if _is_complete(target, written_before.get(task_id)):

@@ -29,6 +29,7 @@ from airflow_provider_novita.polling import (
     to_seconds,
 )
 from airflow_provider_novita.results import finish_batch
+from airflow_provider_novita.retry_memory import RetryMemory
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 
 if TYPE_CHECKING:
@@ -36,11 +37,9 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from airflow.sdk import Context, ObjectStoragePath
-    from pydantic import JsonValue
 
 XCOM_TASK_IDS = "task_ids"
-# The task state store key under which submitted task ids wait for a retry. Renaming it would make
-# retries of tasks in flight during an upgrade submit their images again.
+# The task state store key under which submitted task ids wait for a retry.
 STATE_STORE_KEY = "novita_submitted_tasks"
 
 
@@ -178,10 +177,9 @@ class UpscaleOperator(BaseOperator):
 
     def _submit(self, requests: list[UpscaleRequest], context: Context) -> list[str]:
         """Submit every request, reattaching a retry to the tasks an earlier try already created."""
-        store = context.get("task_state_store")
-        saved = store.get(STATE_STORE_KEY, default={}) if store is not None else {}
-        previous = {str(k): str(v) for k, v in saved.items()} if isinstance(saved, dict) else {}
-        submitted: dict[str, JsonValue] = {}
+        memory = RetryMemory(context, STATE_STORE_KEY)
+        previous = {str(key): str(task_id) for key, task_id in memory.load().items()}
+        submitted: dict[str, Any] = {}
         task_ids: list[str] = []
         for index, request in enumerate(requests):
             # The index keeps two identical images of one batch apart; the request fields make sure a
@@ -197,8 +195,7 @@ class UpscaleOperator(BaseOperator):
                 self.log.info("Submitted %s to Novita as task %s", request.image, task_id)
             submitted[key] = task_id
             task_ids.append(task_id)
-            if store is not None:
-                store.set(STATE_STORE_KEY, submitted)
+            memory.save(submitted)
         return task_ids
 
     def _can_reattach(self, task_id: str) -> bool:
