@@ -10,6 +10,7 @@ never the API key: the key only ever travels in a request header, which no messa
 
 from __future__ import annotations
 
+import math
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,15 @@ class NovitaServerError(NovitaAPIError):
     """HTTP 5xx: Novita failed or was overloaded; usually worth retrying."""
 
 
+class NovitaInvalidResponseError(NovitaError):
+    """
+    Novita answered with a success status but a body that is not what its API documents.
+
+    Usually a proxy or a passing fault; reads treat it as transient. After a submission it leaves
+    open whether Novita created (and bills) a task.
+    """
+
+
 class NovitaConnectionError(NovitaError):
     """
     Novita could not be reached, or the connection broke before an answer arrived.
@@ -141,11 +151,11 @@ def error_from_response(response: httpx.Response, task_id: str | None = None) ->
         body = None
     if not isinstance(body, dict):
         body = {}
-    reason = str(body.get("reason") or "")
-    message = str(body.get("message") or response.reason_phrase or "")
+    reason = _field(body.get("reason"))
+    message = _field(body.get("message")) or response.reason_phrase
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and metadata:
-        message += f" {metadata}"
+        message = f"{message} {str(metadata)[:_MAX_FIELD]}"
     status = response.status_code
     if status == 429:
         return NovitaRateLimitError(status, reason, message, task_id, parse_retry_after(response))
@@ -164,11 +174,35 @@ def parse_retry_after(response: httpx.Response) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - pendulum.now("UTC")).total_seconds())
+        try:
+            when = parsedate_to_datetime(value)
+            seconds = (when - pendulum.now("UTC")).total_seconds()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def redact(text: str, secret: str) -> str:
+    """
+    ``text`` with every spelling of ``secret`` replaced: as is, and escaped as ``repr`` shows it.
+
+    Errors raised deep in httpx or h11 may quote a header value, as ``str`` or as ``bytes``; a message
+    built from them passes through here before it can reach a log or the UI.
+    """
+    if not secret:
+        return text
+    # Longest first, so that a shorter spelling cannot break up a longer one before it is replaced.
+    spellings = {secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]}
+    for spelling in sorted(spellings, key=len, reverse=True):
+        text = text.replace(spelling, "***")
+    return text
+
+
+_MAX_FIELD = 500
+
+
+def _field(value: object) -> str:
+    """A text field of an error body: a proxy's answer may hold anything, and a lot of it."""
+    return value[:_MAX_FIELD] if isinstance(value, str) else ""

@@ -1,19 +1,28 @@
 """
 Typed models of Novita's image-upscaler API: what we send, what comes back, and how to read it.
 
-The documented response is loose (every top-level key optional, ``image_url_ttl`` seen as int and
-as string, statuses Novita may extend), so parsing is tolerant here, in one place, and everything
-downstream works with these frozen dataclasses instead of raw dicts.
+Every field of an answer is untrusted. The documented response is loose (every top-level key
+optional, ``image_url_ttl`` seen as int and as string, statuses Novita may extend), and a proxy or a
+bug can send anything JSON can hold, including ``NaN``, ``Infinity`` and numbers too large for a
+float. Parsing is therefore tolerant here, in one place: a value that is missing, of the wrong type,
+not finite or outside a plausible range is *unknown* (None), never an exception that would kill a
+wait. Everything downstream works with these frozen dataclasses instead of raw dicts.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from airflow_provider_novita.exceptions import NovitaInvalidResponseError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +30,17 @@ RESOLUTIONS: tuple[str, ...] = ("2k", "4k", "8k")
 OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png", "webp")
 DEFAULT_RESOLUTION = "4k"
 DEFAULT_OUTPUT_FORMAT = "jpeg"
+
+# Plausible ranges; anything outside is treated as unknown rather than trusted. Upscaling one image
+# takes seconds to minutes, and Novita's longest documented link lifetime is an hour.
+MAX_ETA = 24 * 3600.0
+MAX_URL_TTL = 30 * 24 * 3600.0
+# Epoch seconds of 2000-01-01 and 2200-01-01: a completion time outside them is not a real one.
+_EARLIEST_TIME, _LATEST_TIME = 946_684_800.0, 7_258_118_400.0
+# Long reasons or messages are cut so that one odd answer cannot flood a log line or an XCom.
+MAX_TEXT = 500
+# Jinja's statement, expression and comment delimiters: a string holding one is rendered later.
+_JINJA_DELIMITERS = ("{{", "{%", "{#")
 
 
 class TaskStatus(str, enum.Enum):
@@ -36,32 +56,93 @@ class TaskStatus(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: object) -> TaskStatus:
-        try:
-            return cls(value)
-        except ValueError:
-            return cls.UNKNOWN
+        if isinstance(value, str):
+            for status in cls:
+                if status.value == value:
+                    return status
+        return cls.UNKNOWN
 
     @property
     def is_terminal(self) -> bool:
         return self in (TaskStatus.SUCCEED, TaskStatus.FAILED)
 
 
-def validate_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``allowed``; otherwise raise a ValueError that lists them."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-    return str(value)
+# -- what DAG authors pass ---------------------------------------------------------------------------
 
 
-def validate_image_url(value: object) -> str:
-    """Novita fetches the source itself, so only an absolute http(s) URL can work."""
-    if (
-        not isinstance(value, str)
-        or urlsplit(value).scheme not in ("http", "https")
-        or not urlsplit(value).netloc
-    ):
-        raise ValueError(f"image must be an http(s) URL of the source image; got {value!r}")
-    return value
+def is_plain_literal(value: object) -> bool:
+    """
+    True for a value written out in the DAG file, which can be checked when the DAG is parsed.
+
+    Anything Airflow resolves later (an XComArg, a MappedArgument, any other object, a string holding
+    a Jinja delimiter, or a list containing one of those) is only known when the task starts.
+    """
+    if isinstance(value, str):
+        return not any(delimiter in value for delimiter in _JINJA_DELIMITERS)
+    if isinstance(value, (list, tuple)):
+        return all(is_plain_literal(item) for item in value)
+    return value is None or isinstance(value, (bool, int, float))
+
+
+def check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
+    """Raise a ValueError that names the parameter and lists the allowed values."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {_shown(value)}")
+
+
+def check_image_url(value: object) -> str:
+    """
+    The source image URL, stripped of surrounding whitespace, or a ValueError naming ``image``.
+
+    Novita fetches the source itself, so only an absolute http(s) URL with a host can work. Whitespace
+    around a URL is stripped (it is a common copy-paste and template artefact); whitespace or control
+    characters inside one are rejected, since no valid URL has them and Novita would fail the task
+    only after billing-relevant work.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"image must be an http(s) URL of the source image (a string); got {_shown(value)}")
+    url = value.strip()
+    problem = ""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        problem = "it contains whitespace or control characters"
+    else:
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:
+            parts, hostname = None, None
+        if parts is None or parts.scheme not in ("http", "https"):
+            problem = "it is not an http(s) URL"
+        elif not hostname:
+            problem = "it has no host"
+    if problem:
+        raise ValueError(f"image must be an http(s) URL of the source image, but {problem}: {_shown(url)}")
+    return url
+
+
+def redact_url(url: object) -> str:
+    """
+    A URL as it may appear in a log line or a message: scheme, host, port and path only.
+
+    Source and result URLs are often pre-signed; their query string is a credential, and so is any
+    user info before the host.
+    """
+    try:
+        parts = urlsplit(str(url))
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    if not parts.scheme:
+        return parts.path[:MAX_TEXT]
+    return f"{parts.scheme}://{host}{port}{parts.path}"[:MAX_TEXT]
+
+
+def _shown(value: object) -> str:
+    """How a rejected value appears in an error: short, and with no URL credential in it."""
+    if isinstance(value, str):
+        return repr(redact_url(value) if "://" in value else value[:MAX_TEXT])
+    return f"{type(value).__name__} {repr(value)[:MAX_TEXT]}"
 
 
 @dataclass(frozen=True)
@@ -73,28 +154,47 @@ class UpscaleRequest:
     output_format: str = DEFAULT_OUTPUT_FORMAT
 
     def __post_init__(self) -> None:
-        validate_image_url(self.image)
-        validate_choice("resolution", self.resolution, RESOLUTIONS)
-        validate_choice("output_format", self.output_format, OUTPUT_FORMATS)
+        object.__setattr__(self, "image", check_image_url(self.image))
+        check_choice("resolution", self.resolution, RESOLUTIONS)
+        check_choice("output_format", self.output_format, OUTPUT_FORMATS)
 
     def to_json(self) -> dict[str, str]:
         return {"image": self.image, "resolution": self.resolution, "output_format": self.output_format}
 
+    def identity(self, position: int) -> str:
+        """
+        What makes this request at ``position`` in its batch the same one in a retry.
 
-def _as_int(value: object) -> int | None:
-    """Novita sends some numbers as strings (``"3600"``) and some strings empty; None means unknown."""
+        The position keeps two identical images of one batch apart; the other fields make sure a
+        retry whose templates rendered differently does not inherit another request's task.
+        """
+        return f"{position}\n{self.image}\n{self.resolution}\n{self.output_format}"
+
+
+# -- what Novita answers -----------------------------------------------------------------------------
+
+
+def _number(value: object, maximum: float, *, minimum: float = 0.0) -> float | None:
+    """A finite number within ``[minimum, maximum]``, from a JSON number or numeric string; else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value)
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str):
         try:
-            return int(float(value))
+            value = float(value)
         except ValueError:
             return None
+    if isinstance(value, int):
+        # Compared as an int first: a huge JSON integer does not fit a float.
+        return float(value) if minimum <= value <= maximum else None
+    if isinstance(value, float) and math.isfinite(value) and minimum <= value <= maximum:
+        return value
     return None
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return ""
+    return str(value)[:MAX_TEXT]
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
@@ -109,6 +209,17 @@ class ResultImage:
     image_type: str
     image_url_ttl: int | None = None
 
+    @classmethod
+    def parse(cls, data: object) -> ResultImage | None:
+        """An image entry, or None for one without a usable http(s) URL."""
+        item = _mapping(data)
+        url = item.get("image_url")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            return None
+        ttl = _number(item.get("image_url_ttl"), MAX_URL_TTL)
+        # "0" is what Novita's newer CDN links say: no documented lifetime, so unknown.
+        return cls(url, _text(item.get("image_type")), int(ttl) if ttl else None)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "image_url": self.image_url,
@@ -116,81 +227,119 @@ class ResultImage:
             "image_url_ttl": self.image_url_ttl,
         }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ResultImage:
-        return cls(
-            image_url=str(data.get("image_url") or ""),
-            image_type=str(data.get("image_type") or ""),
-            image_url_ttl=_as_int(data.get("image_url_ttl")),
-        )
-
 
 @dataclass(frozen=True)
 class TaskResult:
     """
     The parsed answer of ``GET /v3/async/task-result`` for one task.
 
-    ``raw_status`` keeps Novita's own word when ``status`` is UNKNOWN, for the logs. ``completed_at_ms``
-    is Novita's completion time (epoch milliseconds) when its debug info carries one.
+    ``eta`` (seconds) and ``progress_percent`` are None when Novita gave no usable value.
+    ``completed_at`` is Novita's completion time (epoch seconds) when its debug info carries one.
     """
 
     task_id: str
     status: TaskStatus
-    raw_status: str = ""
     reason: str = ""
-    eta: int = 0
-    progress_percent: int = 0
+    eta: float | None = None
+    progress_percent: float | None = None
     images: tuple[ResultImage, ...] = field(default_factory=tuple)
-    completed_at_ms: int | None = None
+    completed_at: float | None = None
 
     @classmethod
     def from_api(cls, payload: object, task_id: str) -> TaskResult:
-        """Parse a task-result body; missing keys mean empty, an unknown status means not finished."""
-        body = _mapping(payload)
-        task = _mapping(body.get("task"))
-        raw_status = str(task.get("status") or "")
-        status = TaskStatus.parse(raw_status)
+        """
+        Parse a task-result body for the task that was polled.
+
+        The result is filed under ``task_id``, the id that was asked for, whatever id the body
+        names: a waiter only ever looks its tasks up by the ids it polled. A body that is not a JSON
+        object raises :class:`NovitaInvalidResponseError`; within an object, a missing or odd field
+        is unknown, and an unknown status means not finished.
+        """
+        if not isinstance(payload, Mapping):
+            raise NovitaInvalidResponseError(
+                f"Novita answered the task-result request for task {task_id} with a "
+                f"{type(payload).__name__} instead of a JSON object"
+            )
+        task = _mapping(payload.get("task"))
+        status = TaskStatus.parse(task.get("status"))
         if status is TaskStatus.UNKNOWN:
-            log.warning("Novita task %s has a status this provider does not know: %r", task_id, raw_status)
-        images = body.get("images")
-        debug_info = _mapping(_mapping(body.get("extra")).get("debug_info"))
-        return cls(
-            task_id=str(task.get("task_id") or task_id),
-            status=status,
-            raw_status=raw_status,
-            reason=str(task.get("reason") or ""),
-            eta=max(0, _as_int(task.get("eta")) or 0),
-            progress_percent=max(0, min(100, _as_int(task.get("progress_percent")) or 0)),
-            images=tuple(
-                ResultImage.from_dict(item)
-                for item in (images if isinstance(images, list) else [])
-                if isinstance(item, Mapping) and item.get("image_url")
-            ),
-            completed_at_ms=_as_int(debug_info.get("complete_time_ms")),
+            log.warning(
+                "Novita task %s has a status this provider does not know: %s",
+                task_id,
+                _text(task.get("status")) or "(none)",
+            )
+        answered_id = task.get("task_id")
+        if answered_id not in (None, "", task_id):
+            log.warning(
+                "Novita answered the poll of task %s with task id %s; filing it under %s",
+                task_id,
+                _text(answered_id),
+                task_id,
+            )
+        images = payload.get("images")
+        debug_info = _mapping(_mapping(payload.get("extra")).get("debug_info"))
+        completed_ms = _number(
+            debug_info.get("complete_time_ms"), _LATEST_TIME * 1000, minimum=_EARLIEST_TIME * 1000
         )
+        parsed_images = (ResultImage.parse(item) for item in (images if isinstance(images, list) else ()))
+        return cls(
+            task_id=task_id,
+            status=status,
+            reason=_text(task.get("reason")),
+            eta=_number(task.get("eta"), MAX_ETA) or None,
+            progress_percent=_number(task.get("progress_percent"), 100.0),
+            images=tuple(image for image in parsed_images if image is not None),
+            completed_at=None if completed_ms is None else completed_ms / 1000,
+        )
+
+    @property
+    def url_expires_at(self) -> float | None:
+        """
+        When the first image's URL stops working (epoch seconds), or None when that cannot be known.
+
+        Novita's documented example sends no completion time, and newer links have no lifetime.
+        """
+        if self.completed_at is None or not self.images or self.images[0].image_url_ttl is None:
+            return None
+        return self.completed_at + self.images[0].image_url_ttl
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data, as carried in trigger events."""
         return {
             "task_id": self.task_id,
             "status": self.status.value,
-            "raw_status": self.raw_status,
             "reason": self.reason,
             "eta": self.eta,
             "progress_percent": self.progress_percent,
             "images": [image.to_dict() for image in self.images],
-            "completed_at_ms": self.completed_at_ms,
+            "completed_at": self.completed_at,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
+        """The inverse of :meth:`to_dict`; values are re-checked, as an event is stored data."""
+        images = data.get("images")
+        parsed_images = (ResultImage.parse(item) for item in (images if isinstance(images, list) else ()))
         return cls(
             task_id=str(data["task_id"]),
             status=TaskStatus.parse(data.get("status")),
-            raw_status=str(data.get("raw_status") or ""),
-            reason=str(data.get("reason") or ""),
-            eta=_as_int(data.get("eta")) or 0,
-            progress_percent=_as_int(data.get("progress_percent")) or 0,
-            images=tuple(ResultImage.from_dict(item) for item in data.get("images") or ()),
-            completed_at_ms=_as_int(data.get("completed_at_ms")),
+            reason=_text(data.get("reason")),
+            eta=_number(data.get("eta"), MAX_ETA),
+            progress_percent=_number(data.get("progress_percent"), 100.0),
+            images=tuple(image for image in parsed_images if image is not None),
+            completed_at=_number(data.get("completed_at"), _LATEST_TIME, minimum=_EARLIEST_TIME),
         )
+
+
+def unfinished(task_ids: Iterable[str], results: Mapping[str, TaskResult]) -> list[str]:
+    """The ids, in order and without repeats, whose last known status is not final."""
+    return [
+        task_id
+        for task_id in dict.fromkeys(task_ids)
+        if task_id not in results or not results[task_id].status.is_terminal
+    ]
+
+
+def failures(results: Iterable[TaskResult | None]) -> dict[str, str]:
+    """Task id -> Novita's reason, for every task that ended FAILED."""
+    return {r.task_id: r.reason for r in results if r is not None and r.status is TaskStatus.FAILED}
