@@ -1,68 +1,57 @@
 """
-Which failed requests are retried, and how long to wait in between.
+Which failed requests are retried, how long to wait in between, and what a failed submission may have cost.
 
-Reads (task results, account) are retried on 429, any 5xx and any transport error. A submission is
-retried only when Novita certainly did not create a task, because Novita has no idempotency key and
-bills every task it creates: on 429, on 5xx other than 502/504 (a gateway may have passed the
-request on before failing), and on transport errors raised before the request was sent. 400, 401,
-403 and 404 are never retried: the same request would fail the same way.
+Reads (task results, account) are retried on 429, any 5xx, a body that is not what the API
+documents, and any transport error. A submission is resent only when Novita certainly did not
+create a task, because Novita has no idempotency key and bills every task it creates: on 429 and
+503 (Novita's documented "overloaded, retry" answers), and on transport errors raised before the
+request left this machine. Any other failure of a submission after the request was sent (500, 502,
+504, a read timeout, a broken connection, an odd body) is *uncertain*: Novita may have created and
+billed a task whose id never arrived. 400, 401, 403 and 404 are never retried: the same request
+would fail the same way.
 
-Waits grow exponentially with full jitter up to ``MAX_WAIT``; a ``Retry-After`` from the server
-overrides that (up to ``MAX_RETRY_AFTER``), because the server knows best when it will have room.
+Waits grow exponentially with full jitter up to ``max_wait``; a ``Retry-After`` from the server
+overrides that (up to ``max_retry_after``), because the server knows best when it will have room.
+The hook cuts every wait at the caller's deadline (see ``NovitaHook``).
+
+The policy is plain arithmetic with no I/O, and the hook's request loops call it only after a
+failure, so a request that succeeds pays nothing for it.
 """
 
 from __future__ import annotations
 
-import logging
+import random
 from dataclasses import dataclass
-from typing import Any
-
-import tenacity
 
 from airflow_provider_novita.exceptions import (
     NovitaConnectionError,
+    NovitaInvalidResponseError,
     NovitaRateLimitError,
     NovitaServerError,
 )
 
-log = logging.getLogger(__name__)
-
-MAX_WAIT = 60.0
-MAX_RETRY_AFTER = 300.0
-_AMBIGUOUS_GATEWAY_STATUSES = (502, 504)
+# Novita's documented answer to "overloaded, try again later": the request created nothing.
+_RETRYABLE_SUBMIT_STATUSES = (429, 503)
+_JITTER = random.Random()
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for failures that may pass if the same request is sent again later."""
-    return isinstance(exc, (NovitaRateLimitError, NovitaServerError, NovitaConnectionError))
+    """True for failures that may pass if the same read is sent again later."""
+    return isinstance(
+        exc, (NovitaRateLimitError, NovitaServerError, NovitaConnectionError, NovitaInvalidResponseError)
+    )
 
 
 def is_safe_to_resubmit(exc: BaseException) -> bool:
     """True for submission failures after which Novita certainly created no task."""
-    if isinstance(exc, NovitaRateLimitError):
-        return True
-    if isinstance(exc, NovitaServerError):
-        return exc.http_status not in _AMBIGUOUS_GATEWAY_STATUSES
+    if isinstance(exc, (NovitaRateLimitError, NovitaServerError)):
+        return exc.http_status in _RETRYABLE_SUBMIT_STATUSES
     return isinstance(exc, NovitaConnectionError) and not exc.request_sent
 
 
-class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
-    def __init__(self, initial: float) -> None:
-        self._backoff = tenacity.wait_random_exponential(multiplier=initial, max=MAX_WAIT)
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, NovitaRateLimitError) and exc.retry_after is not None:
-            return min(exc.retry_after, MAX_RETRY_AFTER)
-        return float(self._backoff(retry_state))
-
-
-def _log_retry(retry_state: tenacity.RetryCallState) -> None:
-    exc = retry_state.outcome.exception() if retry_state.outcome else None
-    wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
-    log.warning(
-        "Novita request failed (%s); retrying in %.1fs (attempt %d)", exc, wait, retry_state.attempt_number
-    )
+def may_have_billed(exc: BaseException) -> bool:
+    """True for submission failures that leave open whether Novita created (and bills) a task."""
+    return is_transient(exc) and not is_safe_to_resubmit(exc)
 
 
 @dataclass(frozen=True)
@@ -70,22 +59,25 @@ class RetryPolicy:
     """
     :param max_retries: retries after the first attempt.
     :param initial_wait: scale of the exponential backoff, in seconds.
+    :param max_wait: the longest backoff wait.
+    :param max_retry_after: the longest wait a ``Retry-After`` header can ask for.
     """
 
     max_retries: int = 5
     initial_wait: float = 1.0
+    max_wait: float = 60.0
+    max_retry_after: float = 300.0
 
-    def _kwargs(self, idempotent: bool) -> dict[str, Any]:
-        return {
-            "stop": tenacity.stop_after_attempt(self.max_retries + 1),
-            "wait": _WaitRetryAfterOrBackoff(self.initial_wait),
-            "retry": tenacity.retry_if_exception(is_transient if idempotent else is_safe_to_resubmit),
-            "before_sleep": _log_retry,
-            "reraise": True,
-        }
-
-    def retrying(self, *, idempotent: bool) -> tenacity.Retrying:
-        return tenacity.Retrying(**self._kwargs(idempotent))
-
-    def async_retrying(self, *, idempotent: bool) -> tenacity.AsyncRetrying:
-        return tenacity.AsyncRetrying(**self._kwargs(idempotent))
+    def wait_before_retry(
+        self, exc: BaseException, failures: int, *, idempotent: bool, rng: random.Random | None = None
+    ) -> float | None:
+        """
+        Seconds to wait before sending the request again after its ``failures``-th failure, or None
+        when ``exc`` is final: not retryable, or the retries are used up.
+        """
+        retryable = is_transient(exc) if idempotent else is_safe_to_resubmit(exc)
+        if not retryable or failures > self.max_retries:
+            return None
+        if isinstance(exc, NovitaRateLimitError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_retry_after)
+        return (rng or _JITTER).uniform(0, min(self.max_wait, self.initial_wait * 2 ** (failures - 1)))

@@ -12,6 +12,7 @@ import itertools
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ class FakeNovita:
     script: Sequence[str] = (QUEUED, PROCESSING, SUCCEED)
     reasons: dict[str, str] = field(default_factory=dict)
     eta: int = 0
-    completed_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    completed_at_ms: int | None = field(default_factory=lambda: int(time.time() * 1000))
     requests: list[httpx.Request] = field(default_factory=list)
     polls: dict[str, int] = field(default_factory=dict)
     scripts: dict[str, Sequence[str]] = field(default_factory=dict)
@@ -95,7 +96,9 @@ class FakeNovita:
         return httpx.Response(
             200,
             json={
-                "extra": {"debug_info": {"complete_time_ms": str(self.completed_at_ms) if done else ""}},
+                "extra": {
+                    "debug_info": {"complete_time_ms": str(self.completed_at_ms or "") if done else ""}
+                },
                 "task": {
                     "task_id": task_id,
                     "task_type": "UPSCALE",
@@ -117,6 +120,45 @@ class FakeNovita:
                 "audios": [],
             },
         )
+
+
+class FakeTaskInstance:
+    """The parts of a running task instance that the operator and the sensor use."""
+
+    def __init__(self, try_number: int = 1, first_reschedule_date: datetime | None = None) -> None:
+        self.xcom: dict[str, Any] = {}
+        self.try_number = try_number
+        self.map_index = -1
+        self.first_reschedule_date = first_reschedule_date
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+    def get_first_reschedule_date(self, context: Any) -> datetime | None:
+        return self.first_reschedule_date
+
+
+class FakeStateStore:
+    """``context["task_state_store"]`` of Airflow 3.3: outlives the retries and reschedules of a task."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.writes: list[tuple[str, int]] = []
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None:
+        self.values[key] = value
+        self.writes.append((key, len(json.dumps(value))))
+
+
+def context(store: FakeStateStore | None = None, ti: FakeTaskInstance | None = None, **extra: Any) -> Any:
+    """A task context with what the provider reads from it; ``task_state_store`` only if given (3.3+)."""
+    ctx: dict[str, Any] = {"ti": ti or FakeTaskInstance(), **extra}
+    if store is not None:
+        ctx["task_state_store"] = store
+    return ctx
 
 
 def error(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> httpx.Response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 DEFAULT_BASE_URL = "https://api.novita.ai"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 5
+CONNECT_TIMEOUT = 10.0
 # Longer than the default longest wait between polls, so a waiting batch reuses its connection.
 KEEPALIVE_EXPIRY = DEFAULT_MAX_POLL_INTERVAL + 30.0
 # Requests one shared client has in flight at once, and so its connections. More requests wait on a
@@ -54,19 +56,25 @@ class ConnectionSettings:
 
     @classmethod
     def from_connection(cls, conn: Connection) -> ConnectionSettings:
-        if not conn.password:
-            raise ValueError(
-                f"Connection {conn.conn_id!r} has no API key: set its password to your Novita API key"
-            )
         # ``conn.extra`` is parsed here rather than through ``extra_dejson``, whose secret masking
         # talks to the supervisor synchronously and must not run on the triggerer's event loop.
         extra = _parse_extra(conn.conn_id, conn.extra)
         return cls(
             base_url=_base_url(conn),
-            api_key=conn.password,
+            api_key=_api_key(conn),
             timeout=_number(extra, "timeout", DEFAULT_TIMEOUT, conn.conn_id),
             max_retries=int(_number(extra, "max_retries", DEFAULT_MAX_RETRIES, conn.conn_id)),
         )
+
+    def request_timeout(self, deadline: float | None) -> httpx.Timeout | None:
+        """
+        A request's timeouts cut to what is left before ``deadline`` (epoch seconds), so that no
+        single network wait outlasts it; None keeps the client's own timeouts.
+        """
+        if deadline is None:
+            return None
+        left = max(0.0, min(self.timeout, deadline - time.time()))
+        return httpx.Timeout(left, connect=min(left, CONNECT_TIMEOUT))
 
     def client_options(self, verify: ssl.SSLContext) -> dict[str, Any]:
         return {
@@ -75,7 +83,7 @@ class ConnectionSettings:
                 "Authorization": f"Bearer {self.api_key}",
                 "User-Agent": f"airflow-provider-novita/{__version__}",
             },
-            "timeout": httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+            "timeout": httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT)),
             # Keep-alive for every connection: httpcore 1.0 closes an idle connection whenever the pool
             # holds more than max_keepalive_connections in all, which under load means one per request.
             "limits": httpx.Limits(
@@ -85,6 +93,27 @@ class ConnectionSettings:
             ),
             "verify": verify,
         }
+
+
+def _api_key(conn: Connection) -> str:
+    """
+    The key, stripped: keys read from files and secrets backends often end in a newline.
+
+    A key that still holds whitespace, control or non-ASCII characters cannot be sent in a header;
+    httpx would fail with a message quoting the header, key included, so it is refused here, in
+    words that do not repeat it.
+    """
+    key = (conn.password or "").strip()
+    if not key:
+        raise ValueError(
+            f"Connection {conn.conn_id!r} has no API key: set its password to your Novita API key"
+        )
+    if not key.isascii() or not key.isprintable() or any(char.isspace() for char in key):
+        raise ValueError(
+            f"Connection {conn.conn_id!r}: the API key contains spaces, control or non-ASCII characters, "
+            "which an HTTP header cannot carry; check for a stray character copied along with the key"
+        )
+    return key
 
 
 def _parse_extra(conn_id: str, extra: str | None) -> Mapping[str, Any]:

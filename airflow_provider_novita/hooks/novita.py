@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from functools import cached_property
@@ -12,21 +14,32 @@ import httpx
 from airflow.sdk import BaseHook
 from airflow.sdk import log as sdk_log
 
-from airflow_provider_novita.exceptions import NovitaConnectionError, NovitaError, error_from_response
+from airflow_provider_novita.exceptions import (
+    NovitaConnectionError,
+    NovitaError,
+    NovitaInvalidResponseError,
+    NovitaTimeoutError,
+    error_from_response,
+    redact,
+)
 from airflow_provider_novita.hooks.clients import (
     ConnectionSettings,
     SharedClient,
     shared_async_clients,
     shared_ssl_context,
 )
-from airflow_provider_novita.models import TaskResult, UpscaleRequest
+from airflow_provider_novita.models import TaskResult, UpscaleRequest, redact_url
 from airflow_provider_novita.polling import BatchPoller, PollingPolicy
 from airflow_provider_novita.retries import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
+    from airflow.sdk import Connection
+
     from airflow_provider_novita.events import BatchOutcome
+
+_log = logging.getLogger(__name__)
 
 SUBMIT_PATH = "/v3/async/image-upscaler"
 TASK_RESULT_PATH = "/v3/async/task-result"
@@ -35,21 +48,26 @@ USER_PATH = "/v3/user"
 MAX_CONCURRENT_POLLS = 8
 
 # Raised before a single byte left: resending cannot create a second Novita task.
-_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# What a Novita task id may look like (they are UUIDs): it goes into URLs, logs, file names and XCom.
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 class NovitaHook(BaseHook):
     """
     Talks to Novita AI's async image-upscaler API over httpx, synchronously and asynchronously.
 
-    The connection (type ``novita``) holds the API key as its password, optionally the API base URL
-    as its host (default ``https://api.novita.ai``), and in its extra ``timeout`` (seconds per
-    request, default 60) and ``max_retries`` (default 5). Requests that fail transiently are retried
-    as :mod:`airflow_provider_novita.retries` describes; every error raised is a
-    :class:`~airflow_provider_novita.exceptions.NovitaError`.
+    The connection (type ``novita``) holds the API key as its password (surrounding whitespace is
+    stripped), optionally the API base URL as its host (default ``https://api.novita.ai``), and in its
+    extra ``timeout`` (seconds per request, default 60) and ``max_retries`` (default 5). Requests that
+    fail transiently are retried as :mod:`airflow_provider_novita.retries` describes; a ``deadline``
+    cuts every retry wait and request timeout. Every error raised is a
+    :class:`~airflow_provider_novita.exceptions.NovitaError`, and none of their messages carries the key.
 
-    The async methods look the connection up without blocking the event loop and share one client
-    per event loop and connection (see :mod:`airflow_provider_novita.hooks.clients`).
+    The sync methods use one ``httpx.Client`` per hook, closed by :meth:`close`. The async side is an
+    explicit :meth:`session`: it looks the connection up without blocking the event loop and leases
+    the client shared by every session of the event loop and connection (see
+    :mod:`airflow_provider_novita.hooks.clients`). The async convenience methods open a session each.
 
     :param novita_conn_id: the Airflow connection to use.
     :param transport: an httpx transport to send requests through instead of the network; meant for
@@ -73,29 +91,32 @@ class NovitaHook(BaseHook):
         self.novita_conn_id = novita_conn_id
         self._transport = transport
         self._retry_policy = retry_policy
-        self._settings: ConnectionSettings | None = None
-        self._shared: SharedClient | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def settings(self) -> ConnectionSettings:
-        if self._settings is None:
-            settings = ConnectionSettings.from_connection(self.get_connection(self.novita_conn_id))
-            sdk_log.mask_secret(settings.api_key)
-            self._settings = settings
-        return self._settings
+        settings = self._settings_from(self.get_connection(self.novita_conn_id))
+        sdk_log.mask_secret(settings.api_key)
+        return settings
 
     async def asettings(self) -> ConnectionSettings:
-        if self._settings is None:
-            settings = ConnectionSettings.from_connection(await self.aget_connection(self.novita_conn_id))
+        if "settings" not in self.__dict__:
+            settings = self._settings_from(await self.aget_connection(self.novita_conn_id))
             await _amask_secret(settings.api_key)
-            self._settings = settings
-        return self._settings
+            self.__dict__["settings"] = settings
+        return self.settings
 
-    def _retries(self) -> RetryPolicy:
-        assert self._settings is not None
-        return self._retry_policy or RetryPolicy(max_retries=self._settings.max_retries)
+    @staticmethod
+    def _settings_from(conn: Connection) -> ConnectionSettings:
+        if conn.password:
+            # Masked before it is checked, so that even the raw value with its stray newline is hidden.
+            sdk_log.mask_secret(conn.password)
+        return ConnectionSettings.from_connection(conn)
+
+    @property
+    def retries(self) -> RetryPolicy:
+        return self._retry_policy or RetryPolicy(max_retries=self.settings.max_retries)
 
     # -- sync ---------------------------------------------------------------------------------
 
@@ -107,35 +128,58 @@ class NovitaHook(BaseHook):
         return self.client
 
     def close(self) -> None:
-        if "client" in self.__dict__:
-            self.client.close()
-            del self.__dict__["client"]
+        """Close the sync client, if one was made; the hook makes a new one if used again."""
+        client = self.__dict__.pop("client", None)
+        if client is not None:
+            client.close()
 
-    def _request(self, method: str, path: str, *, task_id: str | None = None, **kwargs: Any) -> Any:
-        client = self.client
-        for attempt in self._retries().retrying(idempotent=method == "GET"):
-            with attempt:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        task_id: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        client, settings, retries = self.client, self.settings, self.retries
+        failures = 0
+        while True:
+            try:
+                _check_deadline(deadline, task_id)
+                timeout = settings.request_timeout(deadline)
+                if timeout is not None:
+                    kwargs["timeout"] = timeout
                 try:
                     response = client.request(method, path, **kwargs)
-                except httpx.TransportError as err:
-                    raise _connection_error(err, client.base_url) from err
+                except httpx.HTTPError as err:
+                    raise _connection_error(err, settings) from err
                 return _json_or_raise(response, task_id)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+            except NovitaError as err:
+                failures += 1
+                wait, give_up = _plan_retry(retries, err, failures, method, deadline, task_id)
+                time.sleep(wait)
+                if give_up:
+                    raise _deadline_error(task_id, err) from err
 
     def submit_upscale(self, request: UpscaleRequest) -> str:
         """Create an upscaling task and return its Novita task id. Each call is billed."""
         return _task_id(self._request("POST", SUBMIT_PATH, json=request.to_json()))
 
-    def get_task_result(self, task_id: str) -> TaskResult:
-        body = self._request("GET", TASK_RESULT_PATH, task_id=task_id, params={"task_id": task_id})
+    def get_task_result(self, task_id: str, *, deadline: float | None = None) -> TaskResult:
+        body = self._request(
+            "GET", TASK_RESULT_PATH, task_id=task_id, deadline=deadline, params={"task_id": task_id}
+        )
         return TaskResult.from_api(body, task_id)
 
-    def get_task_results(self, task_ids: Sequence[str]) -> list[TaskResult | NovitaError]:
+    def get_task_results(
+        self, task_ids: Sequence[str], *, deadline: float | None = None
+    ) -> list[TaskResult | NovitaError]:
         """One poll of each task; a task whose poll failed gets the error in its place."""
         answers: list[TaskResult | NovitaError] = []
         for task_id in task_ids:
             try:
-                answers.append(self.get_task_result(task_id))
+                answers.append(self.get_task_result(task_id, deadline=deadline))
             except NovitaError as err:
                 answers.append(err)
         return answers
@@ -143,82 +187,137 @@ class NovitaHook(BaseHook):
     def wait_for_tasks(self, task_ids: Sequence[str], policy: PollingPolicy, end_time: float) -> BatchOutcome:
         """Poll in this thread until every task is final or ``end_time`` (epoch seconds) passes."""
         poller = BatchPoller(task_ids, policy, end_time)
-        while True:
+        while (outcome := poller.outcome(time.time())) is None:
             time.sleep(poller.next_delay(time.time()))
-            poller.record(self.get_task_results(poller.pending()))
-            if (outcome := poller.outcome(time.time())) is not None:
-                return outcome
+            poller.record(self.get_task_results(poller.pending(), deadline=end_time))
+        return outcome
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the key with ``GET /v3/user``, which is cheap and bills nothing."""
         try:
             user = self._request("GET", USER_PATH)
-        except (NovitaError, ValueError) as err:
-            return False, str(err)
+            balance = user.get("credit_balance") if isinstance(user, dict) else None
+            detail = (
+                f"; credit balance {balance / 10000:.2f} USD"
+                if isinstance(balance, (int, float)) and not isinstance(balance, bool)
+                else ""
+            )
+            return True, f"Connected to Novita at {redact_url(self.settings.base_url)}{detail}"
+        except Exception as err:  # The UI shows whatever this returns; nothing may escape unredacted.
+            message = (
+                str(err) if isinstance(err, (NovitaError, ValueError)) else f"{type(err).__name__}: {err}"
+            )
+            settings = self.__dict__.get("settings")
+            return False, redact(message, settings.api_key) if settings else message
         finally:
             self.close()
-        balance = user.get("credit_balance") if isinstance(user, dict) else None
-        detail = f"; credit balance {balance / 10000:.2f} USD" if isinstance(balance, (int, float)) else ""
-        return True, f"Connected to Novita at {self.settings.base_url}{detail}"
 
     # -- async --------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _leased_client(self) -> AsyncIterator[SharedClient]:
+    async def session(self) -> AsyncIterator[NovitaSession]:
+        """
+        An async session with Novita for as long as the ``async with`` block runs.
+
+        Sessions are independent: two of one hook, used concurrently, each hold their own lease.
+        """
         settings = await self.asettings()
         async with shared_async_clients.lease(settings, self._transport) as shared:
-            self._shared = shared
-            try:
-                yield shared
-            finally:
-                self._shared = None
-
-    async def _arequest(self, method: str, path: str, *, task_id: str | None = None, **kwargs: Any) -> Any:
-        if self._shared is None:
-            async with self._leased_client():
-                return await self._arequest(method, path, task_id=task_id, **kwargs)
-        shared = self._shared
-        async for attempt in self._retries().async_retrying(idempotent=method == "GET"):
-            with attempt:
-                try:
-                    async with shared.slots:
-                        response = await shared.client.request(method, path, **kwargs)
-                except httpx.TransportError as err:
-                    raise _connection_error(err, shared.client.base_url) from err
-                return _json_or_raise(response, task_id)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+            yield NovitaSession(shared, settings, self.retries)
 
     async def asubmit_upscale(self, request: UpscaleRequest) -> str:
-        return _task_id(await self._arequest("POST", SUBMIT_PATH, json=request.to_json()))
+        async with self.session() as session:
+            return await session.submit_upscale(request)
 
-    async def aget_task_result(self, task_id: str) -> TaskResult:
-        body = await self._arequest("GET", TASK_RESULT_PATH, task_id=task_id, params={"task_id": task_id})
+    async def aget_task_result(self, task_id: str, *, deadline: float | None = None) -> TaskResult:
+        async with self.session() as session:
+            return await session.get_task_result(task_id, deadline=deadline)
+
+    async def await_tasks(
+        self, task_ids: Sequence[str], policy: PollingPolicy, end_time: float
+    ) -> BatchOutcome:
+        """The async twin of :meth:`wait_for_tasks`, holding one session for the whole wait."""
+        async with self.session() as session:
+            return await session.wait_for_tasks(task_ids, policy, end_time)
+
+
+class NovitaSession:
+    """
+    One async conversation with Novita: a leased shared client, its request slots, the connection's
+    settings and the retry policy, all fixed for the session's lifetime. Get one from
+    :meth:`NovitaHook.session`.
+    """
+
+    def __init__(self, shared: SharedClient, settings: ConnectionSettings, retries: RetryPolicy) -> None:
+        self._shared = shared
+        self._settings = settings
+        self._retries = retries
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        task_id: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The async twin of the hook's sync request loop: the same retries, deadline and errors."""
+        client, slots = self._shared.client, self._shared.slots
+        failures = 0
+        while True:
+            try:
+                _check_deadline(deadline, task_id)
+                timeout = self._settings.request_timeout(deadline)
+                if timeout is not None:
+                    kwargs["timeout"] = timeout
+                try:
+                    async with slots:
+                        response = await client.request(method, path, **kwargs)
+                except httpx.HTTPError as err:
+                    raise _connection_error(err, self._settings) from err
+                return _json_or_raise(response, task_id)
+            except NovitaError as err:
+                failures += 1
+                wait, give_up = _plan_retry(self._retries, err, failures, method, deadline, task_id)
+                await asyncio.sleep(wait)
+                if give_up:
+                    raise _deadline_error(task_id, err) from err
+
+    async def submit_upscale(self, request: UpscaleRequest) -> str:
+        """Create an upscaling task and return its Novita task id. Each call is billed."""
+        return _task_id(await self.request("POST", SUBMIT_PATH, json=request.to_json()))
+
+    async def get_task_result(self, task_id: str, *, deadline: float | None = None) -> TaskResult:
+        body = await self.request(
+            "GET", TASK_RESULT_PATH, task_id=task_id, deadline=deadline, params={"task_id": task_id}
+        )
         return TaskResult.from_api(body, task_id)
 
-    async def aget_task_results(self, task_ids: Sequence[str]) -> list[TaskResult | NovitaError]:
-        """Like :meth:`get_task_results`, with at most ``MAX_CONCURRENT_POLLS`` polls in flight."""
+    async def get_task_results(
+        self, task_ids: Sequence[str], *, deadline: float | None = None
+    ) -> list[TaskResult | NovitaError]:
+        """Like :meth:`NovitaHook.get_task_results`, with at most ``MAX_CONCURRENT_POLLS`` in flight."""
         slots = asyncio.Semaphore(MAX_CONCURRENT_POLLS)
 
         async def poll(task_id: str) -> TaskResult | NovitaError:
             async with slots:
                 try:
-                    return await self.aget_task_result(task_id)
+                    return await self.get_task_result(task_id, deadline=deadline)
                 except NovitaError as err:
                     return err
 
         return list(await asyncio.gather(*(poll(task_id) for task_id in task_ids)))
 
-    async def await_tasks(
+    async def wait_for_tasks(
         self, task_ids: Sequence[str], policy: PollingPolicy, end_time: float
     ) -> BatchOutcome:
-        """The async twin of :meth:`wait_for_tasks`, holding one shared client for the whole wait."""
+        """Poll until every task is final or ``end_time`` (epoch seconds) passes."""
         poller = BatchPoller(task_ids, policy, end_time)
-        async with self._leased_client():
-            while True:
-                await asyncio.sleep(poller.next_delay(time.time()))
-                poller.record(await self.aget_task_results(poller.pending()))
-                if (outcome := poller.outcome(time.time())) is not None:
-                    return outcome
+        while (outcome := poller.outcome(time.time())) is None:
+            await asyncio.sleep(poller.next_delay(time.time()))
+            poller.record(await self.get_task_results(poller.pending(), deadline=end_time))
+        return outcome
 
 
 async def _amask_secret(secret: str) -> None:
@@ -231,10 +330,47 @@ async def _amask_secret(secret: str) -> None:
         await amask(secret)
 
 
-def _connection_error(err: httpx.TransportError, base_url: httpx.URL) -> NovitaConnectionError:
+def _check_deadline(deadline: float | None, task_id: str | None) -> None:
+    """Nothing is sent once the deadline has passed: its answer could not change the outcome."""
+    if deadline is not None and time.time() >= deadline:
+        raise NovitaTimeoutError([task_id] if task_id else [], "Deadline passed before the request was sent")
+
+
+def _plan_retry(
+    retries: RetryPolicy,
+    err: NovitaError,
+    failures: int,
+    method: str,
+    deadline: float | None,
+    task_id: str | None,
+) -> tuple[float, bool]:
+    """
+    How long to wait before resending, and whether to give up after that wait; raises ``err`` when it
+    is final. A wait that would run past the deadline is cut at the deadline, and then it gives up.
+    """
+    if isinstance(err, NovitaTimeoutError):
+        raise err
+    wait = retries.wait_before_retry(err, failures, idempotent=method == "GET")
+    if wait is None:
+        raise err
+    if deadline is not None and time.time() + wait >= deadline:
+        return max(0.0, deadline - time.time()), True
+    _log.warning("Novita request failed (%s); retrying in %.1fs (attempt %d)", err, wait, failures + 1)
+    return wait, False
+
+
+def _deadline_error(task_id: str | None, err: NovitaError) -> NovitaTimeoutError:
+    return NovitaTimeoutError([task_id] if task_id else [], f"Deadline reached while retrying after: {err}")
+
+
+def _connection_error(err: httpx.HTTPError, settings: ConnectionSettings) -> NovitaError:
+    if isinstance(err, httpx.DecodingError):
+        return NovitaInvalidResponseError(f"Novita's answer could not be decoded: {type(err).__name__}")
     sent = not isinstance(err, _NOT_SENT_ERRORS)
+    # httpx and h11 may quote a header in their messages; the key must not travel on with it.
+    detail = redact(str(err), settings.api_key)
     return NovitaConnectionError(
-        f"Could not reach Novita at {base_url}: {type(err).__name__}: {err}"
+        f"Could not reach Novita at {redact_url(settings.base_url)}: {type(err).__name__}: {detail}"
         + (" (the request may have reached Novita)" if sent else ""),
         request_sent=sent,
     )
@@ -246,7 +382,7 @@ def _json_or_raise(response: httpx.Response, task_id: str | None) -> Any:
     try:
         return response.json()
     except ValueError as err:
-        raise NovitaError(
+        raise NovitaInvalidResponseError(
             f"Novita answered HTTP {response.status_code} with a body that is not JSON"
             + (f" (task id {task_id})" if task_id else "")
         ) from err
@@ -254,6 +390,9 @@ def _json_or_raise(response: httpx.Response, task_id: str | None) -> Any:
 
 def _task_id(body: Any) -> str:
     task_id = body.get("task_id") if isinstance(body, dict) else None
-    if not isinstance(task_id, str) or not task_id:
-        raise NovitaError(f"Novita accepted the upscale request but returned no task id: {body!r}")
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+        raise NovitaInvalidResponseError(
+            "Novita accepted the upscale request but returned no usable task id; it may have created "
+            "and billed a task"
+        )
     return task_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from airflow_provider_novita.hooks.clients import MAX_IN_FLIGHT, shared_async_cl
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.models import TaskStatus, UpscaleRequest
 from airflow_provider_novita.polling import PollingPolicy
-from airflow_provider_novita.retries import RetryPolicy
+from airflow_provider_novita.retries import RetryPolicy, may_have_billed
 from tests.conftest import API_KEY
 from tests.fakes import FAILED, SUCCEED, FakeNovita, error
 
@@ -103,13 +104,16 @@ class TestRequests:
 
     def test_submit_without_task_id_in_the_answer_fails(self, hook: NovitaHook, fake: FakeNovita) -> None:
         fake.fail_next(httpx.Response(200, json={}))
-        with pytest.raises(NovitaError, match="returned no task id"):
+        with pytest.raises(NovitaError, match="returned no usable task id; it may have created and billed"):
             hook.submit_upscale(REQUEST)
 
-    def test_non_json_answer_fails_clearly(self, hook: NovitaHook, fake: FakeNovita) -> None:
-        fake.fail_next(httpx.Response(200, text="<html>"))
+    def test_a_non_json_answer_is_retried_then_fails_clearly(
+        self, hook: NovitaHook, fake: FakeNovita
+    ) -> None:
+        fake.fail_next(*[httpx.Response(200, text="<html>")] * (FAST.max_retries + 1))
         with pytest.raises(NovitaError, match=r"not JSON \(task id t1\)"):
             hook.get_task_result("t1")
+        assert len(fake.requests) == FAST.max_retries + 1
 
 
 class TestErrors:
@@ -152,7 +156,7 @@ class TestErrors:
         self, hook: NovitaHook, fake: FakeNovita, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         slept: list[float] = []
-        monkeypatch.setattr("tenacity.nap.time.sleep", slept.append)
+        monkeypatch.setattr("airflow_provider_novita.hooks.novita.time.sleep", slept.append)
         fake.fail_next(error(429, "RATE_LIMIT_EXCEEDED", "slow down", {"Retry-After": "7"}))
         assert hook.submit_upscale(REQUEST) == "task-0"
         assert slept == [7.0]
@@ -174,19 +178,33 @@ class TestErrors:
 
     @pytest.mark.parametrize(
         "answer",
-        [error(504, "", "gateway timeout"), error(502, "", "bad gateway"), httpx.ReadTimeout("no answer")],
+        [
+            error(500, "CREATE_TASK_FAILED", "internal"),
+            error(502, "", "bad gateway"),
+            error(504, "", "gateway timeout"),
+            httpx.ReadTimeout("no answer"),
+            httpx.WriteTimeout("half sent"),
+            httpx.RemoteProtocolError("connection closed mid-answer"),
+            httpx.Response(200, text="<html>proxy</html>"),
+            httpx.Response(200, json={"task_id": ""}),
+        ],
     )
     def test_submission_is_not_resent_when_novita_may_have_created_the_task(
         self, hook: NovitaHook, fake: FakeNovita, answer: httpx.Response | Exception
     ) -> None:
         fake.fail_next(answer)
-        with pytest.raises((NovitaServerError, NovitaConnectionError)):
+        with pytest.raises(NovitaError) as info:
             hook.submit_upscale(REQUEST)
         assert len(fake.requests) == 1
+        assert may_have_billed(info.value)
 
-    def test_submission_is_resent_when_nothing_was_created(self, hook: NovitaHook, fake: FakeNovita) -> None:
+    def test_submission_is_resent_only_on_429_503_and_errors_before_sending(
+        self, hook: NovitaHook, fake: FakeNovita
+    ) -> None:
         fake.fail_next(
-            httpx.ConnectError("refused"), error(503, "", "overloaded"), error(500, "CREATE_TASK_FAILED", "")
+            httpx.ConnectError("refused"),
+            error(503, "", "overloaded"),
+            error(429, "RATE_LIMIT_EXCEEDED", "slow down", {"Retry-After": "0"}),
         )
         assert hook.submit_upscale(REQUEST) == "task-0"
         assert len(fake.requests) == 4
@@ -251,8 +269,8 @@ class TestAsync:
 
         async def use() -> None:
             hook = NovitaHook(novita_conn, transport=transport, retry_policy=FAST)
-            async with hook._leased_client() as shared:
-                seen.append(shared.client)
+            async with hook.session() as session:
+                seen.append(session._shared.client)
                 await asyncio.sleep(0.01)
 
         await asyncio.gather(*(use() for _ in range(20)))
@@ -285,14 +303,14 @@ async def test_a_shared_client_keeps_at_most_max_in_flight_requests(novita_conn:
         most = max(most, in_flight)
         await asyncio.sleep(0.01)
         in_flight -= 1
-        task = {"task_id": request.url.params["task_id"], "status": "TASK_STATUS_QUEUED"}
+        task = {"task_id": request.url.params["task_id"], "status": "TASK_STATUS_FAILED"}
         return httpx.Response(200, json={"task": task})
 
     transport = httpx.MockTransport(slow_novita)
     hooks = [NovitaHook(novita_conn, transport=transport, retry_policy=FAST) for _ in range(10)]
     await asyncio.gather(
         *(
-            hook.await_tasks([f"t{i}-{j}" for j in range(20)], PollingPolicy(0.01), 0)
+            hook.await_tasks([f"t{i}-{j}" for j in range(20)], PollingPolicy(0.01), time.time() + 60)
             for i, hook in enumerate(hooks)
         )
     )
