@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_novita.exceptions import NovitaError, NovitaTaskFailedError, NovitaTimeoutError
-from airflow_provider_novita.models import TaskResult, TaskStatus
+from airflow_provider_novita.models import TaskResult, TaskStatus, failures, unfinished
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -73,19 +73,13 @@ class BatchOutcome:
         because a partial batch silently passed downstream is worse than a visible failure.
         """
         if self.status is OutcomeStatus.TIMEOUT:
-            unfinished = [
-                task_id
-                for task_id, result in zip(self.task_ids, self.results, strict=True)
-                if result is None or not result.status.is_terminal
-            ]
-            raise NovitaTimeoutError(unfinished, timeout_description)
+            known = {r.task_id: r for r in self.results if r is not None}
+            raise NovitaTimeoutError(unfinished(self.task_ids, known), timeout_description)
         if self.status is OutcomeStatus.ERROR:
             raise NovitaError(f"Waiting for Novita tasks {', '.join(self.task_ids)} failed: {self.message}")
-        failures = {
-            r.task_id: r.reason for r in self.results if r is not None and r.status is TaskStatus.FAILED
-        }
-        if failures or self.status is OutcomeStatus.FAILED:
-            raise NovitaTaskFailedError(failures)
+        failed = failures(self.results)
+        if failed or self.status is OutcomeStatus.FAILED:
+            raise NovitaTaskFailedError(failed)
         done: list[TaskResult] = []
         for task_id, result in zip(self.task_ids, self.results, strict=True):
             if result is None or result.status is not TaskStatus.SUCCEED or not result.images:

@@ -13,7 +13,7 @@ from airflow_provider_novita.models import ResultImage, TaskResult, TaskStatus
 
 def done(task_id: str) -> TaskResult:
     image = ResultImage(f"https://o.test/{task_id}.png", "png", 3600)
-    return TaskResult(task_id, TaskStatus.SUCCEED, images=(image,), completed_at_ms=1764000000000)
+    return TaskResult(task_id, TaskStatus.SUCCEED, images=(image,), completed_at=1764000000.0)
 
 
 def outcome(status: OutcomeStatus, *results: TaskResult | None) -> BatchOutcome:

@@ -9,48 +9,45 @@ from datetime import timedelta
 import pytest
 
 from airflow_provider_novita.events import OutcomeStatus
-from airflow_provider_novita.exceptions import NovitaAuthError, NovitaServerError
+from airflow_provider_novita.exceptions import NovitaAuthError, NovitaServerError, NovitaTimeoutError
 from airflow_provider_novita.models import TaskResult, TaskStatus
 from airflow_provider_novita.polling import BatchPoller, PollingPolicy, to_seconds
 
 NO_JITTER = PollingPolicy(poll_interval=2, max_poll_interval=30, jitter=0, first_jitter=0)
 
 
-def result(task_id: str, status: TaskStatus, eta: int = 0) -> TaskResult:
-    return TaskResult(task_id, status, status.value, eta=eta)
+def result(task_id: str, status: TaskStatus, eta: float | None = None) -> TaskResult:
+    return TaskResult(task_id, status, eta=eta)
 
 
 class TestPolicy:
-    def test_backs_off_from_the_interval_to_the_cap(self) -> None:
+    def test_the_wait_grows_with_the_time_waited_from_the_interval_to_the_cap(self) -> None:
         rng = random.Random(0)
-        assert [round(NO_JITTER.delay(a, 0, rng), 2) for a in range(10)] == [
-            2.0,
-            3.0,
-            4.5,
-            6.75,
-            10.12,
-            15.19,
-            22.78,
-            30.0,
-            30.0,
-            30.0,
-        ]
+        elapsed, waits = 0.0, []
+        for _ in range(10):
+            wait = NO_JITTER.delay(elapsed, None, rng)
+            waits.append(round(wait, 2))
+            elapsed += wait
+        # The same schedule as multiplying each wait by 1.5, but derived from the elapsed time alone.
+        assert waits == [2.0, 3.0, 4.5, 6.75, 10.12, 15.19, 22.78, 30.0, 30.0, 30.0]
 
     def test_follows_the_eta_within_bounds(self) -> None:
         rng = random.Random(0)
         assert NO_JITTER.delay(0, 12, rng) == 12
-        assert NO_JITTER.delay(5, 1, rng) == 2  # never more often than poll_interval
+        assert NO_JITTER.delay(500, 1, rng) == 2  # never more often than poll_interval
         assert NO_JITTER.delay(0, 600, rng) == 30  # never longer than the cap
 
     def test_jitter_spreads_delays_within_its_fraction(self) -> None:
         rng = random.Random(42)
-        delays = [PollingPolicy(poll_interval=10, max_poll_interval=10).delay(3, 0, rng) for _ in range(200)]
+        delays = [
+            PollingPolicy(poll_interval=10, max_poll_interval=10).delay(30, None, rng) for _ in range(200)
+        ]
         assert 8.0 <= min(delays) < 8.5
         assert 11.5 < max(delays) <= 12.0
 
     def test_the_first_poll_is_spread_widest(self) -> None:
         rng = random.Random(42)
-        delays = [PollingPolicy(poll_interval=10).delay(0, 0, rng) for _ in range(200)]
+        delays = [PollingPolicy(poll_interval=10).delay(0, None, rng, first=True) for _ in range(200)]
         assert 5.0 <= min(delays) < 5.5
         assert 14.5 < max(delays) <= 15.0
 
@@ -58,11 +55,30 @@ class TestPolicy:
         with pytest.raises(ValueError, match="must not be below poll_interval"):
             PollingPolicy(poll_interval=10, max_poll_interval=5)
 
+
+class TestPolicyFromArguments:
+    def test_a_cap_left_at_its_default_follows_a_longer_interval(self) -> None:
+        policy = PollingPolicy.from_arguments(60, None)
+        assert (policy.poll_interval, policy.max_poll_interval) == (60, 60)
+
+    def test_a_cap_left_at_its_default_is_30s_for_short_intervals(self) -> None:
+        assert PollingPolicy.from_arguments(2, None).max_poll_interval == 30
+
+    def test_a_cap_set_below_the_interval_names_both(self) -> None:
+        with pytest.raises(
+            ValueError, match=r"max_poll_interval \(30s\) must not be below poke_interval \(60s\)"
+        ):
+            PollingPolicy.from_arguments(60, 30, interval_name="poke_interval")
+
+    def test_durations_may_be_timedeltas(self) -> None:
+        policy = PollingPolicy.from_arguments(timedelta(seconds=5), timedelta(minutes=1))
+        assert (policy.poll_interval, policy.max_poll_interval) == (5, 60)
+
     @pytest.mark.parametrize(("value", "seconds"), [(3, 3.0), (0.5, 0.5), (timedelta(minutes=2), 120.0)])
     def test_durations_accept_seconds_and_timedelta(self, value: float | timedelta, seconds: float) -> None:
         assert to_seconds("timeout", value) == seconds
 
-    @pytest.mark.parametrize("value", [0, -1, "10", True])
+    @pytest.mark.parametrize("value", [0, -1, "10", True, float("nan"), float("inf")])
     def test_durations_reject_the_rest(self, value: object) -> None:
         with pytest.raises(ValueError, match="timeout must be a positive number of seconds or a timedelta"):
             to_seconds("timeout", value)  # type: ignore[arg-type]
@@ -108,12 +124,37 @@ class TestBatchPoller:
         assert outcome.status is OutcomeStatus.TIMEOUT
 
     def test_next_delay_never_passes_the_deadline(self) -> None:
-        poller = BatchPoller(["a"], NO_JITTER, end_time=101)
+        poller = BatchPoller(["a"], NO_JITTER, end_time=101, started_at=100)
         assert poller.next_delay(now=100) == 1
         assert poller.next_delay(now=200) == 0
 
+    def test_answers_cut_off_by_the_deadline_end_in_a_timeout_not_an_error(self) -> None:
+        poller = BatchPoller(["a", "b"], NO_JITTER, end_time=100)
+        poller.record([result("a", TaskStatus.SUCCEED), NovitaTimeoutError(["b"], "Deadline passed")])
+        assert poller.outcome(now=99) is None
+        outcome = poller.outcome(now=100)
+        assert outcome is not None
+        assert outcome.status is OutcomeStatus.TIMEOUT
+
+    def test_a_resumed_wait_keeps_its_finished_tasks_and_its_pace(self) -> None:
+        poller = BatchPoller(
+            ["a", "b"],
+            NO_JITTER,
+            end_time=1000,
+            started_at=0,
+            results={"a": result("a", TaskStatus.SUCCEED)},
+            consecutive_errors=2,
+        )
+        assert poller.pending() == ["b"]
+        assert poller.consecutive_errors == 2
+        # 20 s into the wait, the wait is 2 + 0.5 * 20, not the first poll's 2 s.
+        assert poller.next_delay(now=20) == 12
+
+    def test_an_id_listed_twice_is_polled_once(self) -> None:
+        assert BatchPoller(["a", "a", "b"], NO_JITTER, end_time=100).pending() == ["a", "b"]
+
     def test_next_delay_is_the_soonest_any_task_wants(self) -> None:
-        poller = BatchPoller(["a", "b"], NO_JITTER, end_time=1000)
+        poller = BatchPoller(["a", "b"], NO_JITTER, end_time=1000, started_at=0)
         poller.record([result("a", TaskStatus.PROCESSING, eta=20), result("b", TaskStatus.PROCESSING, eta=5)])
         assert poller.next_delay(now=0) == 5
 
@@ -147,8 +188,10 @@ def test_progress_is_logged_when_a_status_changes_not_every_round(caplog: pytest
     running = [result("a", TaskStatus.PROCESSING, eta=9), result("b", TaskStatus.QUEUED)]
     poller.record(running)
     poller.record(running)  # same statuses: no new line
-    poller.record([result("a", TaskStatus.SUCCEED), result("b", TaskStatus.PROCESSING, eta=4)])
+    poller.record(
+        [result("a", TaskStatus.SUCCEED), TaskResult("b", TaskStatus.PROCESSING, progress_percent=40)]
+    )
     assert [r.getMessage() for r in caplog.records] == [
-        "Novita batch of 2 task(s): processing 1, queued 1; progress 0%, max eta 9s",
-        "Novita batch of 2 task(s): processing 1, succeed 1; progress 0%, max eta 4s",
+        "Novita batch of 2 task(s): processing 1, queued 1, max eta 9s",
+        "Novita batch of 2 task(s): processing 1, succeed 1; progress 40%",
     ]
