@@ -1,17 +1,31 @@
 """
 Persisting upscaled images to object storage before Novita's temporary URLs expire.
 
-Runs in the worker only (never on the triggerer: downloads are blocking I/O of megabytes). Each
-result is streamed in chunks of :data:`CHUNK_SIZE` into a temporary object next to its final name,
-checked against the ``Content-Length`` the server announced, and only then renamed to its final
-name, so a final name always holds a complete image and a broken download leaves nothing behind.
+Runs in the worker only (never on the triggerer: downloads are blocking I/O of megabytes).
+
+``output_path`` is a URI (``file:///data/out``, ``s3://conn@bucket/prefix``) or a plain absolute path,
+which means the local folder, exactly as ``file://`` + that path. A relative path is refused by
+:func:`output_root` before anything is submitted, because it would resolve against whatever the
+worker's current directory happens to be.
+
+Each result is streamed in chunks of :data:`CHUNK_SIZE` into a temporary object next to its final
+name, checked against the ``Content-Length`` the server announced, and only then renamed to its
+final name, so a final name always holds a complete image and a broken download leaves nothing
+behind. ``Content-Length`` counts the bytes on the wire: a result served with
+``Content-Encoding: gzip`` is checked against the compressed bytes received and saved decoded.
 
 File names are ``<stem>-<resolution>-<digest>.<ext>``: ``stem`` is the source image's file name
-without extension (the Novita task id when the source is unknown), ``resolution`` is omitted when
-unknown (the sensor does not know it), ``ext`` is the result's format, and ``digest`` is the first
-8 hex digits of the SHA-256 of the source URL, the map index and the position in the batch. Two
-images of one batch or of one mapped task therefore never share a name, and a re-run of the same
-DAG run writes to the same names.
+without extension (the Novita task id when the source is unknown, ``image`` when neither leaves
+anything), ``resolution`` is omitted when unknown (the sensor does not know it), ``ext`` is the
+result's format, and ``digest`` is the first 8 hex digits of the SHA-256 of the source URL, the map
+index and the position in the batch. Two images of one batch or of one mapped task therefore never
+share a name, and a re-run of the same DAG run writes to the same names.
+
+The task id and the format come from Novita's answer, so they are treated as untrusted: every part
+of a name keeps only ``A-Za-z0-9._-`` (other runs become ``_``, runs of dots one dot, leading and
+trailing ``._-`` are dropped, the stem is capped at :data:`STEM_LIMIT` characters), and the
+extension is ``jpg``, ``png`` or ``webp`` when the format is one of those and ``bin`` otherwise. A
+name therefore never contains a path separator or ``..`` and always lands inside ``output_path``.
 """
 
 from __future__ import annotations
@@ -31,15 +45,30 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_novita.exceptions import NovitaError
 from airflow_provider_novita.hooks.clients import shared_ssl_context
+from airflow_provider_novita.models import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+
+    from airflow_provider_novita.models import TaskResult
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
 DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+STEM_LIMIT = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DOTS = re.compile(r"\.{2,}")
+_QUERY = re.compile(r"\?[^\s'\"<>]*")
+_EXTENSIONS = {
+    "jpeg": "jpg",
+    "jpg": "jpg",
+    "image/jpeg": "jpg",
+    "png": "png",
+    "image/png": "png",
+    "webp": "webp",
+    "image/webp": "webp",
+}
 
 
 @dataclass(frozen=True)
@@ -51,51 +80,112 @@ class Destination:
     position: int
 
 
-def output_name(record: Mapping[str, Any], destination: Destination, map_index: int) -> str:
+def output_root(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
+    """
+    The folder ``output_path`` names, refused early when it names none.
+
+    Called before anything is submitted, so that a bad path costs nothing: a relative path would
+    otherwise land wherever the worker process happens to run, and a bare ``/data/out`` would only
+    fail after the images were upscaled and billed.
+    """
+    if isinstance(output_path, ObjectStoragePath):
+        return output_path
+    value = output_path.strip()
+    # Before the "://" test: a URI never starts with "/", while a folder's name may contain "://".
+    if value.startswith("/"):
+        return ObjectStoragePath(f"file://{value}")
+    if "://" in value:
+        return ObjectStoragePath(value)
+    raise ValueError(
+        f"output_path must be an absolute path or a URI such as file:///data/out or "
+        f"s3://conn@bucket/prefix, got {output_path!r}"
+    )
+
+
+def output_name(task_id: str, image_type: str | None, destination: Destination, map_index: int) -> str:
     """The documented, deterministic file name of one result (see the module docstring)."""
     source = destination.source_image
-    stem = ""
+    url_stem = ""
     if source:
-        stem = unquote(urlsplit(source).path.rstrip("/").rsplit("/", 1)[-1]).rsplit(".", 1)[0]
-    stem = _UNSAFE.sub("_", stem).strip("._-")[:80] or str(record["task_id"])
+        url_stem = unquote(urlsplit(source).path.rstrip("/").rsplit("/", 1)[-1]).rsplit(".", 1)[0]
+    stem = _safe(url_stem) or _safe(task_id) or "image"
+    resolution = _safe(destination.resolution or "")
     digest = hashlib.sha256(f"{source}|{map_index}|{destination.position}".encode()).hexdigest()[:8]
-    parts = [stem, destination.resolution, digest] if destination.resolution else [stem, digest]
-    extension = "jpg" if record["image_type"] == "jpeg" else str(record["image_type"] or "bin")
+    parts = [stem, resolution, digest] if resolution else [stem, digest]
+    extension = _EXTENSIONS.get((image_type or "").strip().lower(), "bin")
     return f"{'-'.join(parts)}.{extension}"
 
 
+def _safe(text: str) -> str:
+    """``text`` cut down to a part of a file name that cannot leave its folder or hide itself."""
+    return _DOTS.sub(".", _UNSAFE.sub("_", text)).strip("._-")[:STEM_LIMIT].rstrip("._-")
+
+
 def persist_results(
-    records: Sequence[dict[str, Any]],
+    results: Sequence[TaskResult],
     destinations: Sequence[Destination],
     output_path: str | ObjectStoragePath,
     *,
     map_index: int,
     written_before: Mapping[str, Any],
     on_written: Callable[[str, dict[str, Any]], None],
-) -> None:
+    transport: httpx.BaseTransport | None = None,
+) -> list[str]:
     """
-    Stream every result image into ``output_path`` and add its URI to the record as ``path``.
+    Stream the (first) image of every result into ``output_path`` and return the files' URIs, in order.
 
+    :param output_path: as :func:`output_root` accepts it.
     :param written_before: Novita task id -> ``{"path", "size"}`` of files an earlier try of this task
         instance completed. Such a file that still has that size is not downloaded again.
     :param on_written: called with the task id and ``{"path", "size"}`` as soon as a file is complete.
+    :param transport: what carries the downloads; tests pass one to serve results without a network.
     """
-    root = output_path if isinstance(output_path, ObjectStoragePath) else ObjectStoragePath(output_path)
+    root = output_root(output_path)
     if root.protocol in ("file", "local"):
         root.mkdir(parents=True, exist_ok=True)
-    # A plain client on purpose: result URLs are presigned links on other hosts, which must never see
-    # the Novita API key.
-    with httpx.Client(timeout=DOWNLOAD_TIMEOUT, verify=shared_ssl_context(), follow_redirects=True) as client:
-        for record, destination in zip(records, destinations, strict=True):
-            task_id = record["task_id"]
-            target = root / output_name(record, destination, map_index)
+    paths = []
+    with _plain_client(DOWNLOAD_TIMEOUT, transport) as client:
+        for result, destination in zip(results, destinations, strict=True):
+            task_id = result.task_id
+            target = root / output_name(task_id, result.images[0].image_type, destination, map_index)
             if _is_complete(target, written_before.get(task_id)):
                 log.info("Keeping %s, written by an earlier try for Novita task %s", target, task_id)
             else:
-                size = _download(client, record, target)
+                size = _download(client, result, target)
                 on_written(task_id, {"path": str(target), "size": size})
                 log.info("Saved Novita task %s result to %s (%d bytes)", task_id, target, size)
-            record["path"] = str(target)
+            paths.append(str(target))
+    return paths
+
+
+def url_answers(url: str, *, timeout: float = 10.0, transport: httpx.BaseTransport | None = None) -> bool:
+    """
+    Whether a result URL still serves its image, asked for one byte so that nothing big is fetched.
+
+    Lets a retry tell a result it can still download from one whose presigned URL has expired, before
+    it reattaches to the task. A server that ignores ``Range`` answers 200 with the whole body, which
+    is never read: the response is closed unread.
+    """
+    where = redact_url(url)
+    try:
+        with (
+            _plain_client(timeout, transport) as client,
+            client.stream("GET", url, headers={"Range": "bytes=0-0"}) as response,
+        ):
+            status = response.status_code
+    except (httpx.HTTPError, httpx.InvalidURL) as err:
+        log.info("Result URL %s did not answer: %s", where, _without_queries(f"{type(err).__name__}: {err}"))
+        return False
+    log.info("Result URL %s answered HTTP %d", where, status)
+    return status in (200, 206)
+
+
+def _plain_client(timeout: float | httpx.Timeout, transport: httpx.BaseTransport | None) -> httpx.Client:
+    # A plain client on purpose: result URLs are presigned links on other hosts, which must never see
+    # the Novita API key.
+    return httpx.Client(
+        timeout=timeout, verify=shared_ssl_context(), follow_redirects=True, transport=transport
+    )
 
 
 def _is_complete(target: ObjectStoragePath, written: object) -> bool:
@@ -113,41 +203,47 @@ def _size(path: ObjectStoragePath) -> int | None:
         return None
 
 
-def _download(client: httpx.Client, record: Mapping[str, Any], target: ObjectStoragePath) -> int:
-    url = str(record["image_url"])
+def _download(client: httpx.Client, result: TaskResult, target: ObjectStoragePath) -> int:
+    """Save one result decoded and return its size on disk; on any failure, save nothing."""
+    url = result.images[0].image_url
     partial = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         with client.stream("GET", url) as response:
             if response.is_error:
-                raise _unavailable(record, f"HTTP {response.status_code}")
+                raise _unavailable(result, f"HTTP {response.status_code}")
             announced = response.headers.get("Content-Length")
             written = 0
             with partial.open("wb") as out:  # type: ignore[no-untyped-call]
                 for chunk in response.iter_bytes(CHUNK_SIZE):
                     out.write(chunk)
                     written += len(chunk)
-        if announced is not None and written != int(announced):
-            raise _unavailable(record, f"download broke off after {written} of {announced} bytes")
+            # Content-Length counts the bytes on the wire, which differ from those written when the
+            # server compressed the body (Content-Encoding) and httpx decoded it.
+            received = response.num_bytes_downloaded
+        if announced is not None and received != int(announced):
+            raise _unavailable(result, f"download broke off after {received} of {announced} bytes")
         partial.rename(target)
         return written
-    except httpx.HTTPError as err:
-        raise _unavailable(record, f"{type(err).__name__}: {err}") from err
+    except (httpx.HTTPError, httpx.InvalidURL) as err:
+        raise _unavailable(result, _without_queries(f"{type(err).__name__}: {err}")) from err
     finally:
         if partial.exists():
             partial.unlink()
 
 
-def _unavailable(record: Mapping[str, Any], problem: str) -> NovitaError:
+def _unavailable(result: TaskResult, problem: str) -> NovitaError:
     """An error naming the task, the host (never the presigned query string) and the result's age."""
-    host = urlsplit(str(record["image_url"])).netloc
+    where = redact_url(result.images[0].image_url)
     age = ""
-    if record.get("completed_at"):
-        finished = pendulum.parse(str(record["completed_at"]))
-        assert isinstance(finished, pendulum.DateTime)
-        age = f"; the task finished {_duration(time.time() - finished.timestamp())} ago"
-    ttl = f" and its URL was valid for {record['image_url_ttl']}s" if record.get("image_url_ttl") else ""
+    if result.completed_at is not None:
+        age = f"; the task finished {_duration(time.time() - result.completed_at)} ago"
+    expires_at = result.url_expires_at
+    if expires_at is not None:
+        age += f" and its URL {'expired' if expires_at <= time.time() else 'expires'} at " + (
+            pendulum.from_timestamp(expires_at, tz="UTC").to_iso8601_string()
+        )
     return NovitaError(
-        f"Result of Novita task {record['task_id']} could not be downloaded from {host}: {problem}{age}{ttl}"
+        f"Result of Novita task {result.task_id} could not be downloaded from {where}: {problem}{age}"
     )
 
 
@@ -155,3 +251,13 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s"
+
+
+def _without_queries(text: str) -> str:
+    """
+    ``text`` with every query string cut out.
+
+    An httpx error may quote a URL, its own or one it was redirected to, and the query string of a
+    presigned URL is a credential.
+    """
+    return _QUERY.sub("?…", text)

@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from airflow_provider_novita.models import TaskResult
 from airflow_provider_novita.storage import CHUNK_SIZE, Destination, persist_results
 
 MiB = 1024 * 1024
@@ -88,8 +89,8 @@ def serve_noise(width: int, height: int) -> ThreadingHTTPServer:
     return server
 
 
-def upscale(base_url: str, source: str, resolution: str, output_format: str) -> dict[str, object]:
-    """Submit one job to the emulator and wait for its result record (as the operator returns it)."""
+def upscale(base_url: str, source: str, resolution: str, output_format: str) -> TaskResult:
+    """Submit one job to the emulator and wait for its result, parsed as the provider parses it."""
     body = {"image": source, "resolution": resolution, "output_format": output_format}
     task_id = httpx.post(f"{base_url}/v3/async/image-upscaler", json=body, headers=HEADERS).json()["task_id"]
     deadline = time.monotonic() + 300
@@ -97,17 +98,16 @@ def upscale(base_url: str, source: str, resolution: str, output_format: str) -> 
         params = {"task_id": task_id}
         result = httpx.get(f"{base_url}/v3/async/task-result", params=params, headers=HEADERS).json()
         if result["task"]["status"] == "TASK_STATUS_SUCCEED":
-            image = result["images"][0]
-            return {"task_id": task_id, "image_url": image["image_url"], "image_type": image["image_type"]}
+            return TaskResult.from_api(result, task_id)
         if result["task"]["status"] == "TASK_STATUS_FAILED":
             sys.exit(f"the emulator failed the job: {result['task']['reason']}")
         time.sleep(0.5)
     sys.exit("the job did not finish within 300 s")
 
 
-def persist(record: dict[str, object], folder: str) -> Path:
+def persist(result: TaskResult, folder: str) -> Path:
     persist_results(
-        [record],
+        [result],
         [Destination(None, None, 0)],
         f"file://{folder}",
         map_index=-1,
@@ -147,13 +147,13 @@ def main() -> None:
         source = f"http://127.0.0.1:{noise.server_port}/noise.png"
         print(f"Upscaling 1024x576 noise to {args.resolution} {args.format} in the emulator ...", flush=True)
         warm_up = upscale(base_url, source, "2k", args.format)
-        record = upscale(base_url, source, args.resolution, args.format)
+        result = upscale(base_url, source, args.resolution, args.format)
         with tempfile.TemporaryDirectory() as warm_folder, tempfile.TemporaryDirectory() as folder:
             persist(warm_up, warm_folder)
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             tracemalloc.start()
             started = time.perf_counter()
-            written = persist(record, folder)
+            written = persist(result, folder)
             elapsed = time.perf_counter() - started
             _, traced_peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()

@@ -1,16 +1,189 @@
-"""File names of persisted results: documented, deterministic, unique within a batch and a mapping."""
+"""
+Persisting results: where they may go, what they are called, and what a download must prove.
+
+Downloads are served by ``httpx.MockTransport``; files are written to ``tmp_path``.
+"""
 
 from __future__ import annotations
 
+import gzip
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
 import pytest
+from airflow.sdk import ObjectStoragePath
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from airflow_provider_novita.storage import Destination, output_name
+from airflow_provider_novita.exceptions import NovitaError
+from airflow_provider_novita.models import ResultImage, TaskResult, TaskStatus
+from airflow_provider_novita.storage import (
+    Destination,
+    output_name,
+    output_root,
+    persist_results,
+    url_answers,
+)
 
-RECORD = {"task_id": "task-7", "image_type": "jpeg"}
+RECORD = ("task-7", "jpeg")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+# Repetitive, so that its gzip encoding is much shorter and a length mix-up cannot go unnoticed.
+IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
+SECRET = "X-Amz-Signature=secret"
+RESULT_URL = f"https://results.test/out/result.png?{SECRET}"
+
+
+def record(task_id: str = "task-7", image_type: str = "png") -> TaskResult:
+    return TaskResult(task_id, TaskStatus.SUCCEED, images=(ResultImage(RESULT_URL, image_type),))
+
+
+def serving(body: bytes = IMAGE, headers: dict[str, str] | None = None) -> httpx.MockTransport:
+    """
+    Serves ``body`` as a network transport would: as a stream, with the headers given.
+
+    Not as ``Response(content=...)``: httpx reads and decodes such a body before the client sees it,
+    so no byte would count as received on the wire.
+    """
+    headers = headers or {"Content-Length": str(len(body))}
+    return httpx.MockTransport(
+        lambda request: httpx.Response(200, headers=headers, stream=httpx.ByteStream(body))
+    )
+
+
+def persist(
+    results: list[TaskResult],
+    output_path: str | ObjectStoragePath,
+    transport: httpx.BaseTransport,
+) -> tuple[list[str], dict[str, Any]]:
+    """Persists ``results`` as the operator does; returns the paths, and what ``on_written`` was told."""
+    written: dict[str, Any] = {}
+    paths = persist_results(
+        results,
+        [Destination(None, "4k", position) for position in range(len(results))],
+        output_path,
+        map_index=-1,
+        written_before={},
+        on_written=written.__setitem__,
+        transport=transport,
+    )
+    return paths, written
+
+
+def tree(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+def assert_safe(name: str) -> None:
+    assert SAFE_NAME.fullmatch(name), name
+    assert ".." not in name
+    assert not any(char in name for char in "/\\\x00")
+    assert not any(ord(char) < 32 or ord(char) == 127 for char in name)
+
+
+# --- output_path ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given_path", "root"),
+    [
+        ("/data/upscaled", "file:///data/upscaled"),
+        ("  /data/upscaled\n", "file:///data/upscaled"),
+        ("/data/with://in/the/name", "file:///data/with://in/the/name"),
+        ("file:///data/upscaled", "file:///data/upscaled"),
+        (" memory://bucket/up ", "memory://bucket/up"),
+    ],
+)
+def test_a_plain_absolute_path_means_the_local_folder_and_a_uri_stays_as_it_is(
+    given_path: str, root: str
+) -> None:
+    assert str(output_root(given_path)) == root
+
+
+def test_an_object_storage_path_is_taken_as_it_is() -> None:
+    path = ObjectStoragePath("memory://bucket/up")
+    assert output_root(path) is path
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "data/out", "./out", "~/out", "s3:bucket/prefix"])
+def test_a_relative_or_empty_output_path_is_refused_with_what_is_allowed(bad: str) -> None:
+    with pytest.raises(ValueError, match="output_path") as info:
+        output_root(bad)
+    message = str(info.value)
+    assert repr(bad) in message
+    assert "absolute path" in message
+    assert "file:///data/out" in message
+    assert "s3://conn@bucket/prefix" in message
+
+
+def test_results_under_a_plain_absolute_path_are_saved_as_under_its_file_uri(tmp_path: Path) -> None:
+    (plain,), _ = persist([record()], str(tmp_path / "plain" / "out"), serving())
+    (uri,), _ = persist([record()], f"file://{tmp_path}/uri/out", serving())
+    name = Path(uri).name
+    assert plain == f"file://{tmp_path}/plain/out/{name}"
+    assert (tmp_path / "plain" / "out" / name).read_bytes() == IMAGE
+
+
+def test_a_relative_output_path_downloads_nothing(tmp_path: Path) -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, stream=httpx.ByteStream(IMAGE))
+
+    with pytest.raises(ValueError, match="output_path"):
+        persist([record()], "out", httpx.MockTransport(handler))
+    assert requests == []
+
+
+# --- downloads ------------------------------------------------------------------------------------
+
+
+def test_a_gzip_encoded_result_is_saved_decoded_and_complete(tmp_path: Path) -> None:
+    compressed = gzip.compress(IMAGE)
+    assert len(compressed) < len(IMAGE)
+    headers = {"Content-Encoding": "gzip", "Content-Length": str(len(compressed))}
+    (path,), written = persist([record()], str(tmp_path), serving(compressed, headers))
+    assert Path(path.removeprefix("file://")).read_bytes() == IMAGE
+    assert written == {"task-7": {"path": path, "size": len(IMAGE)}}
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_a_truncated_download_is_rejected_and_leaves_no_file(tmp_path: Path, encoding: str) -> None:
+    body = gzip.compress(IMAGE) if encoding == "gzip" else IMAGE
+    headers = {"Content-Encoding": encoding, "Content-Length": str(len(body))}
+    with pytest.raises(NovitaError) as info:
+        persist([record()], str(tmp_path), serving(body[: len(body) // 2], headers))
+    message = str(info.value)
+    assert f"broke off after {len(body) // 2} of {len(body)} bytes" in message
+    assert "Novita task task-7" in message
+    assert "results.test" in message
+    assert SECRET not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_broken_connection_names_task_and_host_but_never_the_query_string(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError(f"connection lost while reading {request.url}")
+
+    with pytest.raises(NovitaError) as info:
+        persist([record("0000-broken")], str(tmp_path), httpx.MockTransport(handler))
+    message = str(info.value)
+    assert "Novita task 0000-broken" in message
+    assert "results.test" in message
+    assert "ReadError" in message
+    assert "secret" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- file names -----------------------------------------------------------------------------------
 
 
 def test_name_is_stem_resolution_digest_and_extension() -> None:
-    name = output_name(RECORD, Destination("https://img.test/photos/cat.png?x=1", "4k", 0), map_index=-1)
+    name = output_name(*RECORD, Destination("https://img.test/photos/cat.png?x=1", "4k", 0), map_index=-1)
     stem, resolution, rest = name.split("-")
     assert (stem, resolution) == ("cat", "4k")
     digest, extension = rest.split(".")
@@ -20,7 +193,7 @@ def test_name_is_stem_resolution_digest_and_extension() -> None:
 
 def test_same_inputs_give_the_same_name() -> None:
     destination = Destination("https://img.test/cat.png", "2k", 3)
-    assert output_name(RECORD, destination, 1) == output_name(RECORD, destination, 1)
+    assert output_name(*RECORD, destination, 1) == output_name(*RECORD, destination, 1)
 
 
 @pytest.mark.parametrize(
@@ -32,13 +205,14 @@ def test_same_inputs_give_the_same_name() -> None:
     ],
 )
 def test_names_differ_where_files_must_not_collide(other: Destination, map_index: int) -> None:
-    first = output_name(RECORD, Destination("https://img.test/cat.png", "2k", 0), -1)
-    assert output_name(RECORD, other, map_index) != first
+    first = output_name(*RECORD, Destination("https://img.test/cat.png", "2k", 0), -1)
+    assert output_name(*RECORD, other, map_index) != first
 
 
 def test_unsafe_characters_are_replaced_and_the_sensor_omits_the_resolution() -> None:
     name = output_name(
-        {"task_id": "t", "image_type": "webp"},
+        "t",
+        "webp",
         Destination("https://img.test/My%20Photo%20(1).PNG", None, 0),
         -1,
     )
@@ -48,4 +222,158 @@ def test_unsafe_characters_are_replaced_and_the_sensor_omits_the_resolution() ->
 
 
 def test_without_a_source_the_stem_is_the_novita_task_id() -> None:
-    assert output_name(RECORD, Destination(None, "8k", 0), -1).startswith("task-7-8k-")
+    assert output_name(*RECORD, Destination(None, "8k", 0), -1).startswith("task-7-8k-")
+
+
+HOSTILE_TASK_IDS = [
+    "../../../etc/passwd",
+    "..",
+    ".",
+    "a/b\\c",
+    "\x00evil",
+    "evil\x00.png",
+    "x" * 10_000,
+    "日本",
+    "..\\..\\windows",
+    "line\nbreak\ttab\x7f",
+    " ",
+    "-._",
+]
+
+
+@pytest.mark.parametrize("task_id", HOSTILE_TASK_IDS)
+def test_a_hostile_task_id_becomes_a_safe_stem(task_id: str) -> None:
+    name = output_name(task_id, "png", Destination(None, None, 0), -1)
+    assert_safe(name)
+    stem = name.rsplit("-", 1)[0]
+    assert len(stem) <= 80
+
+
+@pytest.mark.parametrize("task_id", ["..", "日本", "\x00", "-._", "/"])
+def test_a_task_id_with_nothing_safe_in_it_falls_back_to_image(task_id: str) -> None:
+    name = output_name(task_id, "png", Destination(None, None, 0), -1)
+    assert re.fullmatch(r"image-[0-9a-f]{8}\.png", name)
+
+
+def test_the_task_id_keeps_its_safe_characters_and_loses_runs_of_dots() -> None:
+    name = output_name("../a..b/c", "png", Destination(None, None, 0), -1)
+    assert name.startswith("a.b_c-")
+
+
+@pytest.mark.parametrize(
+    ("image_type", "extension"),
+    [
+        ("jpeg", "jpg"),
+        ("jpg", "jpg"),
+        ("image/jpeg", "jpg"),
+        (" JPEG ", "jpg"),
+        ("png", "png"),
+        ("Image/PNG", "png"),
+        ("webp", "webp"),
+        ("image/webp\n", "webp"),
+        ("", "bin"),
+        (None, "bin"),
+        ("gif", "bin"),
+        ("../../etc/passwd", "bin"),
+        ("png/../x", "bin"),
+        ("png\x00", "bin"),
+        ("p.n.g", "bin"),
+    ],
+)
+def test_the_extension_is_a_known_format_or_bin(image_type: str | None, extension: str) -> None:
+    name = output_name("t", image_type, Destination(None, None, 0), -1)
+    assert_safe(name)
+    assert name.rsplit(".", 1)[1] == extension
+
+
+@settings(derandomize=True, database=None)
+@given(
+    task_id=st.text(),
+    image_type=st.one_of(st.none(), st.text()),
+    resolution=st.one_of(st.none(), st.text()),
+)
+def test_any_task_id_image_type_and_resolution_give_a_safe_name(
+    task_id: str, image_type: str | None, resolution: str | None
+) -> None:
+    name = output_name(task_id, image_type, Destination(None, resolution, 0), -1)
+    assert SAFE_NAME.fullmatch(name), name
+    assert ".." not in name
+
+
+def test_hostile_names_are_written_only_inside_output_path(tmp_path: Path) -> None:
+    outside_before = tree(tmp_path.parent) - tree(tmp_path)
+    results = [
+        record(task_id, image_type)
+        for task_id, image_type in [
+            ("../escaped", "png"),
+            ("../../../etc/passwd", "../../x"),
+            ("a/b\\c", "png/../x"),
+            ("..", "jpeg"),
+        ]
+    ]
+    paths, _ = persist(results, str(tmp_path), serving())
+    assert tree(tmp_path.parent) - tree(tmp_path) == outside_before
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == sorted(Path(p).name for p in paths)
+    stems_and_extensions = {name.rsplit("-", 2)[0]: name.rsplit(".", 1)[1] for name in names}
+    assert stems_and_extensions == {"escaped": "png", "etc_passwd": "bin", "a_b_c": "bin", "image": "jpg"}
+    assert all(path.read_bytes() == IMAGE for path in tmp_path.iterdir())
+
+
+# --- whether a result URL still answers -----------------------------------------------------------
+
+
+class UnreadBody(httpx.SyncByteStream):
+    """A body that records whether anyone read it."""
+
+    def __init__(self) -> None:
+        self.read = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.read = True
+        yield IMAGE
+
+
+@pytest.mark.parametrize(("status", "answers"), [(200, True), (206, True), (403, False), (404, False)])
+def test_a_result_url_answers_when_its_first_byte_can_be_fetched(status: int, answers: bool) -> None:
+    requests: list[httpx.Request] = []
+    body = UnreadBody()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(status, stream=body)
+
+    assert url_answers(RESULT_URL, transport=httpx.MockTransport(handler)) is answers
+    (request,) = requests
+    assert request.headers["Range"] == "bytes=0-0"
+    assert "Authorization" not in request.headers
+    assert body.read is False
+
+
+def test_a_result_url_that_cannot_be_reached_does_not_answer() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"cannot connect to {request.url}")
+
+    assert url_answers(RESULT_URL, transport=httpx.MockTransport(handler)) is False
+
+
+def test_a_result_url_that_is_not_a_url_does_not_answer() -> None:
+    assert url_answers("https://results.test:notaport/x?sig=1", transport=serving()) is False
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_asking_a_result_url_logs_its_host_but_never_its_query_string(
+    caplog: pytest.LogCaptureFixture, fails: bool
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if fails:
+            raise httpx.ConnectError(f"cannot connect to {request.url}")
+        return httpx.Response(403)
+
+    with caplog.at_level(logging.DEBUG, logger="airflow_provider_novita"):
+        url_answers(RESULT_URL, transport=httpx.MockTransport(handler))
+    # httpx logs every request with its full URL at INFO; Airflow sets that logger to WARN.
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("airflow_provider_novita")]
+    assert ours
+    assert any("results.test" in message for message in ours)
+    assert not any("secret" in message for message in ours)

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fsspec
+import pendulum
 import pytest
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.io import attach
 from PIL import Image
 
 from airflow_provider_novita.exceptions import NovitaError
+from airflow_provider_novita.models import ResultImage, TaskResult, TaskStatus
 from airflow_provider_novita.storage import Destination, persist_results
 from tests.integration.conftest import HAS_TASK_STATE_STORE, task_states, xcom
 
@@ -160,16 +162,16 @@ def test_an_expired_url_error_names_task_host_and_age(
     emulator: Callable[..., EmulatorServer], tmp_path: Path
 ) -> None:
     emu = emulator(output_ttl=3600)
-    record = {
-        "task_id": "0000-expired",
-        "image_url": f"{emu.base_url}/outputs/unknown.png?X-Amz-Signature=secret",
-        "image_type": "png",
-        "image_url_ttl": 3600,
-        "completed_at": "2026-01-01T00:00:00+00:00",
-    }
+    image = ResultImage(f"{emu.base_url}/outputs/unknown.png?X-Amz-Signature=secret", "png", 3600)
+    result = TaskResult(
+        "0000-expired",
+        TaskStatus.SUCCEED,
+        images=(image,),
+        completed_at=pendulum.datetime(2026, 1, 1, tz="UTC").timestamp(),
+    )
     with pytest.raises(NovitaError) as info:
         persist_results(
-            [record],
+            [result],
             [Destination(None, None, 0)],
             f"file://{tmp_path}",
             map_index=-1,
@@ -183,6 +185,7 @@ def test_an_expired_url_error_names_task_host_and_age(
     assert "HTTP 404" in message
     assert "the task finished" in message
     assert "h " in message
+    assert "its URL expired at 2026-01-01T01:00:00Z" in message
     assert files(tmp_path) == []
 
 
