@@ -37,8 +37,8 @@ def result_record(result: TaskResult, source_image: str | None) -> dict[str, Any
     """
     image = result.images[0]
     completed_at = (
-        pendulum.from_timestamp(result.completed_at_ms / 1000, tz="UTC").isoformat()
-        if result.completed_at_ms
+        pendulum.from_timestamp(result.completed_at, tz="UTC").isoformat()
+        if result.completed_at is not None
         else None
     )
     return {
@@ -73,7 +73,9 @@ def finish_batch(
         raise NovitaError(f"{len(results)} results for {len(sources)} source images")
     records = [result_record(result, source) for result, source in zip(results, sources, strict=True)]
     if output_path:
-        _persist(context, records, sources, resolution, output_path)
+        paths = _persist(context, results, sources, resolution, output_path)
+        for record, path in zip(records, paths, strict=True):
+            record["path"] = path
     for outlet in outlets:
         if isinstance(outlet, Asset):
             extra = context["outlet_events"][outlet].extra
@@ -86,23 +88,18 @@ def finish_batch(
 
 def _persist(
     context: Context,
-    records: list[dict[str, Any]],
+    results: Sequence[TaskResult],
     sources: Sequence[str | None],
     resolution: str | None,
     output_path: str | ObjectStoragePath,
-) -> None:
+) -> list[str]:
     memory = RetryMemory(context, PERSISTED_STATE_KEY)
-    written = memory.load()
-
-    def remember(task_id: str, file: dict[str, Any]) -> None:
-        written[task_id] = file
-        memory.save(written)
-
-    persist_results(
-        records,
+    written = {result.task_id: memory.get(result.task_id) for result in results}
+    return persist_results(
+        results,
         [Destination(source, resolution, position) for position, source in enumerate(sources)],
         output_path,
         map_index=context["ti"].map_index if context["ti"].map_index is not None else -1,
-        written_before=dict(written),
-        on_written=remember,
+        written_before=written,
+        on_written=memory.set,
     )

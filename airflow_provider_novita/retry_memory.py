@@ -4,10 +4,16 @@ What one try of a task instance leaves for its retries, so that a retry neither 
 Airflow 3.3 added ``context["task_state_store"]``, which survives the retries of a task instance
 (XComs are cleared when a new try starts). Before 3.3 there is no such store: a :class:`RetryMemory`
 then remembers nothing, and every try starts afresh.
+
+Entries are small and written one per item (an image, a file), so that a batch of n items costs n
+writes of constant size rather than n writes of a growing object (n squared bytes in all). Nothing
+stored may name a source URL: those are often pre-signed, and the store keeps entries for days. So
+keys are digests of the names callers give, and values hold ids, sizes and paths.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,22 +22,25 @@ if TYPE_CHECKING:
 
 class RetryMemory:
     """
-    One JSON object kept under ``key`` in the task state store, when Airflow has one.
+    JSON objects kept in the task state store under ``<namespace>/<digest of name>``, when Airflow has one.
 
     :param context: the running task's context.
-    :param key: the store key. Renaming a key makes retries in flight during an upgrade forget.
+    :param namespace: the key prefix. Renaming it makes retries in flight during an upgrade forget.
     """
 
-    def __init__(self, context: Context, key: str) -> None:
+    def __init__(self, context: Context, namespace: str) -> None:
         self._store = context.get("task_state_store")
-        self._key = key
+        self._namespace = namespace
 
-    def load(self) -> dict[str, Any]:
-        """What earlier tries saved; empty on the first try or without a store."""
-        saved = self._store.get(self._key, default={}) if self._store is not None else {}
+    def get(self, name: str) -> dict[str, Any]:
+        """What an earlier try saved under ``name``; empty on the first try or without a store."""
+        saved = self._store.get(self._key(name)) if self._store is not None else None
         return dict(saved) if isinstance(saved, dict) else {}
 
-    def save(self, value: dict[str, Any]) -> None:
-        """Replace what is saved; call it as soon as there is something a crash must not lose."""
+    def set(self, name: str, value: dict[str, Any]) -> None:
+        """Replace what is saved under ``name``; call it as soon as a crash must not lose it."""
         if self._store is not None:
-            self._store.set(self._key, value)
+            self._store.set(self._key(name), value)
+
+    def _key(self, name: str) -> str:
+        return f"{self._namespace}/{hashlib.sha256(name.encode()).hexdigest()[:32]}"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_novita.events import BatchOutcome
-from airflow_provider_novita.exceptions import NovitaNotFoundError
+from airflow_provider_novita.exceptions import NovitaAPIError, NovitaError, NovitaNotFoundError
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.models import (
     DEFAULT_OUTPUT_FORMAT,
@@ -18,18 +18,16 @@ from airflow_provider_novita.models import (
     RESOLUTIONS,
     TaskStatus,
     UpscaleRequest,
-    validate_choice,
-    validate_image_url,
+    check_choice,
+    check_image_url,
+    is_plain_literal,
+    redact_url,
 )
-from airflow_provider_novita.polling import (
-    DEFAULT_MAX_POLL_INTERVAL,
-    DEFAULT_POLL_INTERVAL,
-    DEFAULT_TIMEOUT,
-    PollingPolicy,
-    to_seconds,
-)
+from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, PollingPolicy, to_seconds
 from airflow_provider_novita.results import finish_batch
+from airflow_provider_novita.retries import may_have_billed
 from airflow_provider_novita.retry_memory import RetryMemory
+from airflow_provider_novita.storage import output_root, url_answers
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 
 if TYPE_CHECKING:
@@ -39,28 +37,29 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
 XCOM_TASK_IDS = "task_ids"
-# The task state store key under which submitted task ids wait for a retry.
+# The task state store namespace of what each image's submission left for a retry.
 STATE_STORE_KEY = "novita_submitted_tasks"
+# A result URL that expires sooner than this is not worth reattaching to: it would be gone before a
+# downstream task or the download to output_path could use it.
+MIN_URL_LIFETIME = 300.0
 
 
-def _is_template(value: object) -> bool:
-    return isinstance(value, str) and "{{" in value
-
-
-def _is_literal(image: object) -> bool:
-    """False for what only the running task knows: templates and XComArgs."""
+def image_urls(image: object) -> list[str]:
+    """The source URLs of ``image`` (one URL or a non-empty list of them), checked and stripped."""
     if isinstance(image, str):
-        return not _is_template(image)
-    return isinstance(image, (list, tuple)) and not any(_is_template(url) for url in image)
-
-
-def _images(image: str | Sequence[str]) -> list[str]:
-    images = [image] if isinstance(image, str) else list(image)
-    if not images:
-        raise ValueError("image must be one http(s) URL or a non-empty list of them; got an empty list")
-    for url in images:
-        validate_image_url(url)
-    return images
+        return [check_image_url(image)]
+    if not isinstance(image, (list, tuple)) or not image:
+        raise ValueError(
+            "image must be one http(s) URL or a non-empty list of them; got "
+            + ("an empty list" if isinstance(image, (list, tuple)) else f"a {type(image).__name__}")
+        )
+    urls = []
+    for position, url in enumerate(image):
+        try:
+            urls.append(check_image_url(url))
+        except ValueError as err:
+            raise ValueError(f"{err} (at position {position} of the image list)") from None
+    return urls
 
 
 class UpscaleOperator(BaseOperator):
@@ -78,24 +77,29 @@ class UpscaleOperator(BaseOperator):
 
     ``image_url`` is temporary (``image_url_ttl`` seconds): persist it promptly if you need it later.
 
-    Novita bills every task. Where Airflow has a task state store (3.3+), submitted ids are saved
-    there as soon as each is created, and a retry of the same task instance reattaches to tasks
-    that are still queued, processing or succeeded (with a live URL) instead of submitting again.
+    Novita bills every task. Where Airflow has a task state store (3.3+), what each submission left
+    is saved there as soon as it is known, keyed by a digest of the request (never its URL): a retry
+    reattaches to tasks that are still queued, processing or succeeded with a live result URL instead
+    of submitting again, and warns about a submission whose outcome was uncertain (see the README,
+    "Retries never bill twice").
 
-    Literal values are validated when the DAG is parsed, templated ones when the task starts; in
-    both cases before anything is submitted.
+    Values written out in the DAG file are validated when the DAG is parsed; anything Airflow
+    resolves later (templates, XComArgs, mapped arguments) when the task starts. Either way, a bad
+    value fails before anything is submitted.
 
-    :param image: URL of the source image, or a list of URLs (templated).
+    :param image: URL of the source image, or a list of URLs (templated). Surrounding whitespace is
+        stripped.
     :param resolution: ``2k``, ``4k`` or ``8k`` (templated).
     :param output_format: ``jpeg``, ``png`` or ``webp`` (templated).
     :param novita_conn_id: the Airflow connection to Novita (templated).
     :param wait_for_completion: wait for the results; if False, return the task ids at once.
     :param deferrable: wait on the triggerer. Defaults to ``[operators] default_deferrable``.
     :param poll_interval: seconds (or timedelta) before the first poll and the shortest wait between polls.
-    :param max_poll_interval: the longest wait between polls.
+    :param max_poll_interval: the longest wait between polls; by default 30 s, or ``poll_interval``
+        if that is longer.
     :param timeout: how long to wait for the whole batch before failing with the unfinished task ids.
-    :param output_path: where to save the images before the task succeeds: a URI or
-        ``ObjectStoragePath`` of a folder (``file:///data/upscaled/``, ``s3://aws_default@bucket/prefix/``,
+    :param output_path: where to save the images before the task succeeds: an absolute path, a URI or
+        an ``ObjectStoragePath`` of a folder (``/data/upscaled``, ``s3://aws_default@bucket/prefix/``,
         anything Airflow's object storage supports; templated). Each record then gains ``path``. See
         :mod:`airflow_provider_novita.storage` for the file names and guarantees.
     """
@@ -113,7 +117,7 @@ class UpscaleOperator(BaseOperator):
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float | timedelta = DEFAULT_POLL_INTERVAL,
-        max_poll_interval: float | timedelta = DEFAULT_MAX_POLL_INTERVAL,
+        max_poll_interval: float | timedelta | None = None,
         timeout: float | timedelta = DEFAULT_TIMEOUT,
         output_path: str | ObjectStoragePath | None = None,
         **kwargs: Any,
@@ -126,39 +130,43 @@ class UpscaleOperator(BaseOperator):
         self.novita_conn_id = novita_conn_id
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
-        self.policy = PollingPolicy(
-            to_seconds("poll_interval", poll_interval), to_seconds("max_poll_interval", max_poll_interval)
-        )
+        self.policy = PollingPolicy.from_arguments(poll_interval, max_poll_interval)
         self.timeout = to_seconds("timeout", timeout)
-        # Fail at parse time for what is already known; templates are checked when the task starts.
-        if not _is_template(resolution):
-            validate_choice("resolution", resolution, RESOLUTIONS)
-        if not _is_template(output_format):
-            validate_choice("output_format", output_format, OUTPUT_FORMATS)
-        if _is_literal(image):
-            _images(image)
+        # Fail at parse time for what the DAG file spells out; the rest is checked when the task starts.
+        if is_plain_literal(image):
+            image_urls(image)
+        if is_plain_literal(resolution):
+            check_choice("resolution", resolution, RESOLUTIONS)
+        if is_plain_literal(output_format):
+            check_choice("output_format", output_format, OUTPUT_FORMATS)
+        if output_path is not None and is_plain_literal(output_path):
+            output_root(output_path)
 
     @cached_property
     def hook(self) -> NovitaHook:
         return NovitaHook(self.novita_conn_id)
 
     def _requests(self) -> list[UpscaleRequest]:
-        return [UpscaleRequest(url, self.resolution, self.output_format) for url in _images(self.image)]
+        return [UpscaleRequest(url, self.resolution, self.output_format) for url in image_urls(self.image)]
 
     def execute(self, context: Context) -> Any:
-        requests = self._requests()
-        task_ids = self._submit(requests, context)
-        context["ti"].xcom_push(key=XCOM_TASK_IDS, value=task_ids)
-        if not self.wait_for_completion:
-            return task_ids
-        if self.deferrable:
-            trigger, defer_timeout = TaskResultTrigger.with_timeout(
-                task_ids, self.novita_conn_id, self.policy, self.timeout
-            )
-            self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
-        return self._finish(
-            context, self.hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout)
-        )
+        try:
+            requests = self._requests()
+            if self.output_path:
+                output_root(self.output_path)
+            task_ids = self._submit(requests, context)
+            context["ti"].xcom_push(key=XCOM_TASK_IDS, value=task_ids)
+            if not self.wait_for_completion:
+                return task_ids
+            if self.deferrable:
+                trigger, defer_timeout = TaskResultTrigger.with_timeout(
+                    task_ids, self.novita_conn_id, self.policy, self.timeout
+                )
+                self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
+            outcome = self.hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout)
+            return self._finish(context, outcome)
+        finally:
+            self.hook.close()
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: validate its event and return the records."""
@@ -178,38 +186,76 @@ class UpscaleOperator(BaseOperator):
     def _submit(self, requests: list[UpscaleRequest], context: Context) -> list[str]:
         """Submit every request, reattaching a retry to the tasks an earlier try already created."""
         memory = RetryMemory(context, STATE_STORE_KEY)
-        previous = {str(key): str(task_id) for key, task_id in memory.load().items()}
-        submitted: dict[str, Any] = {}
         task_ids: list[str] = []
-        for index, request in enumerate(requests):
-            # The index keeps two identical images of one batch apart; the request fields make sure a
-            # retry whose templates rendered differently does not inherit the wrong task.
-            key = f"{index}|{request.image}|{request.resolution}|{request.output_format}"
-            task_id = previous.get(key)
-            if task_id and self._can_reattach(task_id):
-                self.log.info(
-                    "Reattaching to Novita task %s submitted by an earlier try for %s", task_id, request.image
-                )
-            else:
-                task_id = self.hook.submit_upscale(request)
-                self.log.info("Submitted %s to Novita as task %s", request.image, task_id)
-            submitted[key] = task_id
+        for position, request in enumerate(requests):
+            name = request.identity(position)
+            task_id = self._reattach(request, memory.get(name))
+            if task_id is None:
+                try:
+                    task_id = self.hook.submit_upscale(request)
+                except NovitaError as err:
+                    if may_have_billed(err):
+                        memory.set(name, {"uncertain": _failure_kind(err)})
+                    raise
+                memory.set(name, {"task_id": task_id})
+                self.log.info("Submitted %s to Novita as task %s", redact_url(request.image), task_id)
             task_ids.append(task_id)
-            memory.save(submitted)
         return task_ids
 
-    def _can_reattach(self, task_id: str) -> bool:
+    def _reattach(self, request: UpscaleRequest, earlier: dict[str, Any]) -> str | None:
+        """The task an earlier try created for ``request``, if it is still worth waiting for."""
+        image = redact_url(request.image)
+        if "uncertain" in earlier:
+            self.log.warning(
+                "An earlier try's submission of %s ended uncertain (%s): Novita may have created and "
+                "billed a task whose id never arrived. Submitting it again.",
+                image,
+                earlier["uncertain"],
+            )
+            return None
+        task_id = earlier.get("task_id")
+        if not isinstance(task_id, str):
+            return None
+        why_not = self._why_not_reattach(task_id)
+        if why_not:
+            self.log.info(
+                "Not reattaching to Novita task %s from an earlier try for %s: %s. Submitting again.",
+                task_id,
+                image,
+                why_not,
+            )
+            return None
+        self.log.info("Reattaching to Novita task %s submitted by an earlier try for %s", task_id, image)
+        return task_id
+
+    def _why_not_reattach(self, task_id: str) -> str:
+        """Why an earlier task is not worth waiting for, or an empty string if it is."""
         try:
             result = self.hook.get_task_result(task_id)
         except NovitaNotFoundError:
-            return False
+            return "Novita no longer knows it"
         if result.status is TaskStatus.FAILED:
-            return False
-        if result.status is TaskStatus.SUCCEED:
-            # A success whose result URL has already expired is worth nothing downstream.
-            image = result.images[0] if result.images else None
-            if image is None:
-                return False
-            if result.completed_at_ms and image.image_url_ttl:
-                return time.time() < result.completed_at_ms / 1000 + image.image_url_ttl
-        return True
+            return f"it failed ({result.reason or 'no reason given'})"
+        if result.status is not TaskStatus.SUCCEED:
+            return ""
+        if not result.images:
+            return "it succeeded without an image"
+        expires_at = result.url_expires_at
+        if expires_at is not None:
+            return (
+                ""
+                if time.time() + MIN_URL_LIFETIME < expires_at
+                else "its result URL has expired or soon will"
+            )
+        # Novita's documented answers often give no completion time or no lifetime: ask the URL itself.
+        if url_answers(result.images[0].image_url):
+            return ""
+        return "its result URL no longer answers (Novita gave no expiry time)"
+
+
+def _failure_kind(err: NovitaError) -> str:
+    """What went wrong, in words that name no URL and no key: it is stored for days."""
+    if isinstance(err, NovitaAPIError):
+        return f"HTTP {err.http_status} {err.reason}".strip()
+    cause = err.__cause__
+    return type(cause).__name__ if cause is not None else type(err).__name__

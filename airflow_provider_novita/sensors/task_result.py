@@ -7,27 +7,51 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowSensorTimeout
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 
 from airflow_provider_novita.events import BatchOutcome
-from airflow_provider_novita.exceptions import NovitaTimeoutError
+from airflow_provider_novita.exceptions import NovitaError, NovitaTaskFailedError, NovitaTimeoutError
 from airflow_provider_novita.hooks.novita import NovitaHook
-from airflow_provider_novita.polling import (
-    DEFAULT_MAX_POLL_INTERVAL,
-    DEFAULT_POLL_INTERVAL,
-    DEFAULT_TIMEOUT,
-    BatchPoller,
-    PollingPolicy,
-    to_seconds,
-)
+from airflow_provider_novita.models import TaskResult, check_image_url, is_plain_literal
+from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, BatchPoller, PollingPolicy
 from airflow_provider_novita.results import finish_batch
+from airflow_provider_novita.retry_memory import RetryMemory
+from airflow_provider_novita.storage import output_root
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 
 if TYPE_CHECKING:
     import datetime
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from airflow.sdk import Context, ObjectStoragePath
+
+# Task state store namespace of what a rescheduled sensor knows between pokes.
+STATE_STORE_KEY = "novita_sensor"
+
+
+def task_id_list(task_ids: object) -> list[str]:
+    """The Novita task ids of ``task_ids`` (one id or a non-empty list of them), stripped."""
+    ids = [task_ids] if isinstance(task_ids, str) else task_ids
+    if (
+        not isinstance(ids, (list, tuple))
+        or not ids
+        or not all(isinstance(i, str) and i.strip() for i in ids)
+    ):
+        raise ValueError(
+            f"task_ids must be a Novita task id or a non-empty list of them; got {str(task_ids)[:200]!r}"
+        )
+    return [task_id.strip() for task_id in ids]
+
+
+def source_list(images: object, count: int | None) -> list[str]:
+    """The source URLs of ``images``, one per task id when ``count`` is known, checked and stripped."""
+    urls = [images] if isinstance(images, str) else images
+    if not isinstance(urls, (list, tuple)) or (count is not None and len(urls) != count):
+        raise ValueError(
+            f"images must hold one source URL per task id ({count}); got a {type(images).__name__}"
+            + (f" of {len(urls)}" if isinstance(urls, (list, tuple)) else "")
+        )
+    return [check_image_url(url) for url in urls]
 
 
 class TaskResultSensor(BaseSensorOperator):
@@ -37,11 +61,17 @@ class TaskResultSensor(BaseSensorOperator):
     Typical use is after ``UpscaleOperator(wait_for_completion=False)``, with ``task_ids`` taken
     from its XCom (``submit.output`` or ``XComArg(submit, key="task_ids")``).
 
-    Deferrable, it hands the wait to :class:`TaskResultTrigger`. Otherwise each poke polls the
-    unfinished tasks once, and the wait between pokes follows the provider's polling policy (the
-    task's eta, else a backoff from ``poke_interval`` to ``max_poll_interval``) instead of a fixed
-    ``poke_interval``; ``mode="reschedule"`` frees the worker slot between pokes. ``timeout``
-    defaults to one hour rather than the sensor default of seven days: result URLs expire.
+    It behaves the same in every mode. Deferrable, it hands the wait to :class:`TaskResultTrigger`.
+    Otherwise each poke polls the unfinished tasks once, and sets ``poke_interval`` for the next poke
+    from the provider's polling policy (the task's eta, else a wait that grows with the time since
+    the first poke, up to ``max_poll_interval``). ``mode="reschedule"`` frees the worker slot between
+    pokes; what one poke learnt (finished tasks, failed rounds) is kept in the task state store
+    (Airflow 3.3+), so finished tasks are not polled again. ``timeout`` defaults to one hour rather
+    than the sensor default of seven days: result URLs expire.
+
+    Outcomes: all succeeded returns the records. A FAILED Novita task fails the sensor without
+    retries (it cannot resubmit), and so does the deadline; both name the task ids. With
+    ``soft_fail``, any of these failures, and any other provider error, skips the task instead.
 
     :param task_ids: one Novita task id or a list of them (templated).
     :param images: the source image URL of each task, in the same order, to fill the records'
@@ -49,7 +79,8 @@ class TaskResultSensor(BaseSensorOperator):
     :param novita_conn_id: the Airflow connection to Novita (templated).
     :param deferrable: wait on the triggerer. Defaults to ``[operators] default_deferrable``.
     :param poke_interval: seconds before the first poll and the shortest wait between polls.
-    :param max_poll_interval: the longest wait between polls.
+    :param max_poll_interval: the longest wait between polls; by default 30 s, or ``poke_interval``
+        if that is longer.
     :param output_path: where to save the images before the task succeeds, as for
         :class:`UpscaleOperator` (templated). Names carry no resolution: the sensor does not know it.
     """
@@ -64,7 +95,7 @@ class TaskResultSensor(BaseSensorOperator):
         novita_conn_id: str = NovitaHook.default_conn_name,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float | datetime.timedelta = DEFAULT_POLL_INTERVAL,
-        max_poll_interval: float | datetime.timedelta = DEFAULT_MAX_POLL_INTERVAL,
+        max_poll_interval: float | datetime.timedelta | None = None,
         timeout: float | datetime.timedelta = DEFAULT_TIMEOUT,
         output_path: str | ObjectStoragePath | None = None,
         **kwargs: Any,
@@ -75,57 +106,99 @@ class TaskResultSensor(BaseSensorOperator):
         self.images = images
         self.novita_conn_id = novita_conn_id
         self.deferrable = deferrable
-        self.policy = PollingPolicy(self.poke_interval, to_seconds("max_poll_interval", max_poll_interval))
-
-    def _task_ids(self) -> list[str]:
-        ids = [self.task_ids] if isinstance(self.task_ids, str) else list(self.task_ids)
-        if not ids or not all(isinstance(task_id, str) and task_id for task_id in ids):
-            raise ValueError(
-                f"task_ids must be a Novita task id or a non-empty list of them; got {self.task_ids!r}"
-            )
-        return ids
+        self.policy = PollingPolicy.from_arguments(
+            poke_interval, max_poll_interval, interval_name="poke_interval"
+        )
+        if is_plain_literal(task_ids):
+            task_id_list(task_ids)
+        if images is not None and is_plain_literal(images):
+            source_list(images, len(task_id_list(task_ids)) if is_plain_literal(task_ids) else None)
+        if output_path is not None and is_plain_literal(output_path):
+            output_root(output_path)
 
     def _sources(self) -> list[str | None]:
-        if self.images is None:
-            return [None] * len(self._task_ids())
-        return [self.images] if isinstance(self.images, str) else list(self.images)
+        count = len(task_id_list(self.task_ids))
+        return [None] * count if self.images is None else list(source_list(self.images, count))
 
     @cached_property
     def hook(self) -> NovitaHook:
         """One hook, and so one HTTP client, for all pokes of this sensor instance."""
         return NovitaHook(self.novita_conn_id)
 
-    @cached_property
-    def _poller(self) -> BatchPoller:
-        # The sensor's own ``timeout`` ends a non-deferrable wait, so the poller needs no deadline.
-        return BatchPoller(self._task_ids(), self.policy, end_time=float("inf"))
-
     def execute(self, context: Context) -> Any:
-        task_ids = self._task_ids()
-        if len(self._sources()) != len(task_ids):
-            raise ValueError(f"images has {len(self._sources())} entries for {len(task_ids)} task ids")
-        if not self.deferrable:
+        try:
+            task_ids = task_id_list(self.task_ids)
+            self._sources()
+            if self.output_path:
+                output_root(self.output_path)
+            if self.deferrable:
+                trigger, defer_timeout = TaskResultTrigger.with_timeout(
+                    task_ids, self.novita_conn_id, self.policy, self.timeout
+                )
+                self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
+            self._started_at = self._wait_started_at(context)
             return super().execute(context)
-        trigger, defer_timeout = TaskResultTrigger.with_timeout(
-            task_ids, self.novita_conn_id, self.policy, self.timeout
-        )
-        self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
+        finally:
+            self.hook.close()
+
+    def _wait_started_at(self, context: Context) -> float:
+        """
+        When this wait began, epoch seconds: the deadline and the pace count from it. A rescheduled
+        poke reads the same first-poke time that ``BaseSensorOperator`` reads for its own timeout.
+        """
+        if self.reschedule and context.get("task_reschedule_count", 0):
+            first = context["ti"].get_first_reschedule_date(context)
+            if first is not None:
+                return first.timestamp()
+        return time.time()
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
-        self._poller.record(self.hook.get_task_results(self._poller.pending()))
-        outcome = self._poller.outcome(time.time())
+        poller = self._poller(context)
+        pending, errors_before = poller.pending(), poller.consecutive_errors
+        poller.record(self.hook.get_task_results(pending, deadline=poller.end_time))
+        self._remember(context, poller, set(pending) - set(poller.pending()), errors_before)
+        outcome = poller.outcome(time.time())
         if outcome is None:
+            # BaseSensorOperator waits ``poke_interval`` before the next poke, or reschedules that far
+            # ahead: the shared policy sets it, cut at the deadline.
+            self.poke_interval = poller.next_delay(time.time())
             return False
         return PokeReturnValue(is_done=True, xcom_value=self._finish(context, outcome))
 
-    def _get_next_poke_interval(
-        self,
-        started_at: datetime.datetime | float,
-        run_duration: Callable[[], float],
-        poke_count: int,
-    ) -> float:
-        # BaseSensorOperator's pacing hook: the shared policy (eta, backoff, jitter) replaces its own.
-        return self._poller.next_delay(time.time())
+    def _poller(self, context: Context) -> BatchPoller:
+        """This instance's poller; a rescheduled poke restores what earlier pokes learnt."""
+        if "_batch_poller" not in self.__dict__:
+            task_ids = task_id_list(self.task_ids)
+            memory = RetryMemory(context, STATE_STORE_KEY)
+            try_number = context["ti"].try_number
+            errors = memory.get("errors")
+            results = {}
+            for task_id in task_ids:
+                saved = memory.get(task_id)
+                if saved:
+                    results[task_id] = TaskResult.from_dict(saved)
+            self.__dict__["_batch_poller"] = BatchPoller(
+                task_ids,
+                self.policy,
+                end_time=self._started_at + self.timeout,
+                started_at=self._started_at,
+                results=results,
+                consecutive_errors=int(errors.get("count", 0)) if errors.get("try") == try_number else 0,
+            )
+        poller: BatchPoller = self.__dict__["_batch_poller"]
+        return poller
+
+    def _remember(
+        self, context: Context, poller: BatchPoller, finished: set[str], errors_before: int
+    ) -> None:
+        """Save what this poke changed, for the next poke of a rescheduled sensor (one entry per task)."""
+        memory = RetryMemory(context, STATE_STORE_KEY)
+        if not self.reschedule:
+            return
+        for task_id in finished:
+            memory.set(task_id, poller.results[task_id].to_dict())
+        if poller.consecutive_errors != errors_before:
+            memory.set("errors", {"try": context["ti"].try_number, "count": poller.consecutive_errors})
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: validate its event and return the records."""
@@ -142,6 +215,13 @@ class TaskResultSensor(BaseSensorOperator):
                 output_path=self.output_path,
                 outlets=self.outlets,
             )
-        except NovitaTimeoutError as err:
-            # As a sensor timeout, ``soft_fail`` and ``never_fail`` apply to it as users expect.
-            raise AirflowSensorTimeout(str(err)) from err
+        except NovitaError as err:
+            # One outcome in every mode. BaseSensorOperator applies soft_fail only to some exception
+            # types in poke mode, but to all of them when deferred, so the choice is made here.
+            if self.soft_fail:
+                raise AirflowSkipException(f"Skipping, as soft_fail is set: {err}") from err
+            if isinstance(err, NovitaTimeoutError):
+                raise AirflowSensorTimeout(str(err)) from err
+            if isinstance(err, NovitaTaskFailedError):
+                raise AirflowFailException(str(err)) from err
+            raise

@@ -6,9 +6,10 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import DAG, Asset, task, task_group
 
 from airflow_provider_novita.operators.upscale import UpscaleOperator
+from airflow_provider_novita.sensors.task_result import TaskResultSensor
 
 for name, deferrable, retries in (("deferrable", True, 2), ("sync", False, 2), ("no_retry", True, 0)):
     with DAG(
@@ -50,3 +51,45 @@ with DAG(
         output_path="{{ params.output_path }}",
         poll_interval=0.5,
     ).expand(image=images())
+
+with DAG(
+    dag_id="novita_test_idioms",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    params={"images": [], "resolution": "2k"},
+):
+    # What DAG authors commonly write, none of which Airflow resolves before the task starts.
+
+    @task
+    def source(params: dict[str, Any], index: int) -> str:
+        return str(params["images"][index])
+
+    @task
+    def sources(params: dict[str, Any]) -> list[str]:
+        return list(params["images"])
+
+    @task
+    def pick(params: dict[str, Any]) -> str:
+        return str(params["resolution"])
+
+    UpscaleOperator(
+        task_id="listed",
+        image=[source(index=0), source(index=1)],
+        resolution=pick(),
+        output_format="{% if params.resolution == '2k' %}png{% else %}jpeg{% endif %}",
+        deferrable=True,
+        poll_interval=0.5,
+    )
+
+    @task_group
+    def per_image(url: str) -> None:
+        UpscaleOperator(task_id="mapped", image=url, resolution="2k", output_format="webp", poll_interval=0.5)
+
+    per_image.expand(url=sources())
+
+    submitted = UpscaleOperator(
+        task_id="submit", image="{{ params.images[0] }}", resolution="2k", wait_for_completion=False
+    )
+    TaskResultSensor(
+        task_id="wait_rescheduled", task_ids=submitted.output, mode="reschedule", poke_interval=0.5
+    )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pendulum
 import pytest
+from airflow.sdk import DAG, task, task_group
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_novita.exceptions import (
@@ -17,33 +20,12 @@ from airflow_provider_novita.exceptions import (
     NovitaTimeoutError,
 )
 from airflow_provider_novita.operators import upscale
-from airflow_provider_novita.operators.upscale import STATE_STORE_KEY, UpscaleOperator
+from airflow_provider_novita.operators.upscale import UpscaleOperator
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 from tests.conftest import API_KEY
-from tests.fakes import FAILED, PROCESSING, SUCCEED, FakeNovita, error
+from tests.fakes import FAILED, PROCESSING, SUCCEED, FakeNovita, FakeStateStore, context, error
 
 IMAGES = ["https://img.test/a.png", "https://img.test/b.png"]
-
-
-class FakeTaskInstance:
-    def __init__(self) -> None:
-        self.xcom: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = value
-
-
-class FakeStateStore:
-    """``context["task_state_store"]`` of Airflow 3.3: survives retries of one task instance."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None:
-        self.values[key] = value
 
 
 @pytest.fixture
@@ -51,13 +33,6 @@ def fake(novita_conn: str, monkeypatch: pytest.MonkeyPatch) -> FakeNovita:
     fake = FakeNovita(script=(PROCESSING, SUCCEED))
     fake.serve(monkeypatch, upscale)
     return fake
-
-
-def context(store: FakeStateStore | None = None) -> dict[str, Any]:
-    ctx: dict[str, Any] = {"ti": FakeTaskInstance()}
-    if store is not None:
-        ctx["task_state_store"] = store
-    return ctx
 
 
 def operator(**kwargs: Any) -> UpscaleOperator:
@@ -259,7 +234,7 @@ class TestRetryReattach:
         fake.handle = second_submission_fails  # type: ignore[method-assign]
         with pytest.raises(NovitaAuthError):
             operator(wait_for_completion=False).execute(context(store))  # type: ignore[arg-type]
-        assert list(store.values[STATE_STORE_KEY].values()) == ["task-0"]
+        assert list(store.values.values()) == [{"task_id": "task-0"}]
 
     def test_failed_or_vanished_tasks_are_submitted_again(self, fake: FakeNovita) -> None:
         store = FakeStateStore()
@@ -286,3 +261,206 @@ class TestRetryReattach:
         operator(wait_for_completion=False).execute(context())  # type: ignore[arg-type]
         operator(wait_for_completion=False).execute(context())  # type: ignore[arg-type]
         assert len(fake.submissions) == 4
+
+
+class TestDagIdioms:
+    """What DAG authors write must parse: only plain literals are checked when the DAG is parsed."""
+
+    def test_xcomargs_mapped_arguments_and_jinja_statements_parse(self) -> None:
+        with DAG("idioms", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+
+            @task
+            def make(name: str) -> str:
+                return f"https://img.test/{name}.png"
+
+            @task
+            def pick() -> str:
+                return "2k"
+
+            UpscaleOperator(task_id="listed", image=[make("a"), make("b")], resolution=pick())
+            UpscaleOperator(
+                task_id="statements",
+                image="{% for url in params.urls %}{{ url }}{% endfor %}",
+                resolution="{% if params.big %}8k{% else %}2k{% endif %}",
+                output_format="{# chosen upstream #}png",
+                output_path="{% if true %}/data/out{% endif %}",
+            )
+
+            @task_group
+            def per_image(url: str) -> None:
+                UpscaleOperator(task_id="mapped", image=url, output_path=make("folder"))
+
+            per_image.expand(url=["https://img.test/a.png", "https://img.test/b.png"])
+        assert {"listed", "statements", "per_image.mapped"} <= set(dag.task_dict)
+
+    @pytest.mark.parametrize(
+        ("rendered", "shown"),
+        [(5, "int"), (None, "NoneType"), ({"url": "https://img.test/a.png"}, "dict"), ([5], "int")],
+    )
+    def test_a_template_that_renders_to_no_url_fails_at_task_start_naming_image(
+        self, fake: FakeNovita, rendered: object, shown: str
+    ) -> None:
+        op = operator(image="{{ params.image }}")
+        op.image = rendered  # as Airflow renders it with render_template_as_native_obj
+        with pytest.raises(ValueError, match=f"^image must be .*{shown}"):
+            op.execute(context())
+        assert fake.requests == []
+
+    @pytest.mark.parametrize(
+        "image",
+        [
+            "http://:80/a.png",
+            "https://img.test/a b.png",
+            "https://img.test/a.png\x00",
+            "https://img.test/\x7fa.png",
+            ["https://img.test/a.png", "https://img.test/b\n.png"],
+        ],
+    )
+    def test_malformed_urls_fail_at_parse_time_naming_image(self, image: object) -> None:
+        with pytest.raises(ValueError, match="image must be an http\\(s\\) URL"):
+            UpscaleOperator(task_id="t", image=image)
+
+    def test_surrounding_whitespace_is_stripped_before_submission(self, fake: FakeNovita) -> None:
+        operator(image=["  https://img.test/a.png\n"], wait_for_completion=False).execute(context())
+        assert fake.submissions[0]["image"] == "https://img.test/a.png"
+
+
+class TestPollingArguments:
+    def test_a_long_poll_interval_alone_is_valid(self) -> None:
+        op = UpscaleOperator(task_id="t", image=IMAGES[0], poll_interval=60)
+        assert (op.policy.poll_interval, op.policy.max_poll_interval) == (60, 60)
+
+    def test_a_cap_set_below_the_interval_names_both(self) -> None:
+        with pytest.raises(
+            ValueError, match=r"max_poll_interval \(10s\) must not be below poll_interval \(60s\)"
+        ):
+            UpscaleOperator(task_id="t", image=IMAGES[0], poll_interval=60, max_poll_interval=10)
+
+
+class TestDeadlineInTheWorker:
+    def test_rate_limits_with_a_long_retry_after_end_at_the_deadline(self, fake: FakeNovita) -> None:
+        fake.script = (PROCESSING,)
+        serve = fake.handle
+
+        def polls_rate_limited(request: Any) -> Any:
+            if request.url.path.endswith("task-result"):
+                fake.requests.append(request)
+                return error(429, "RATE_LIMIT_EXCEEDED", "slow down", {"Retry-After": "60"})
+            return serve(request)
+
+        fake.handle = polls_rate_limited  # type: ignore[method-assign]
+        started = time.time()
+        with pytest.raises(NovitaTimeoutError, match="still unfinished: task-0, task-1"):
+            operator(deferrable=False, timeout=0.5).execute(context())
+        assert time.time() - started < 10, "it waited for a Retry-After past its deadline"
+
+
+class TestUncertainSubmissions:
+    @pytest.mark.parametrize(
+        ("answer", "kind"),
+        [
+            (error(500, "CREATE_TASK_FAILED", "x"), "HTTP 500 CREATE_TASK_FAILED"),
+            (httpx.ReadTimeout("x"), "ReadTimeout"),
+        ],
+    )
+    def test_an_uncertain_submission_is_recorded_and_its_retry_warns(
+        self, fake: FakeNovita, capsys: pytest.CaptureFixture[str], answer: Any, kind: str
+    ) -> None:
+        store = FakeStateStore()
+        fake.fail_next(answer)
+        with pytest.raises(NovitaError):
+            operator(image=f"{IMAGES[0]}?X-Amz-Signature=s3cr3t", wait_for_completion=False).execute(
+                context(store)
+            )
+        assert len(fake.submissions) == 1, "not resent in the same try"
+        assert list(store.values.values()) == [{"uncertain": kind}]
+
+        capsys.readouterr()
+        ids = operator(image=f"{IMAGES[0]}?X-Amz-Signature=s3cr3t", wait_for_completion=False).execute(
+            context(store)
+        )
+        assert ids == ["task-0"]
+        logged = capsys.readouterr().out
+        (warning,) = [line for line in logged.splitlines() if "uncertain" in line]
+        assert "warning" in warning
+        assert f"submission of {IMAGES[0]} ended uncertain ({kind})" in warning
+        assert "may have created and billed" in warning
+        assert "s3cr3t" not in logged
+        assert list(store.values.values()) == [{"task_id": "task-0"}]
+
+    def test_a_certain_failure_leaves_nothing_to_warn_about(self, fake: FakeNovita) -> None:
+        store = FakeStateStore()
+        fake.fail_next(error(400, "INVALID_REQUEST_BODY", "bad image"))
+        with pytest.raises(NovitaError):
+            operator(wait_for_completion=False).execute(context(store))
+        assert store.values == {}
+
+
+class TestStateStoreContents:
+    def test_no_source_url_is_stored_in_keys_or_values(self, fake: FakeNovita) -> None:
+        store = FakeStateStore()
+        presigned = [f"https://bucket.test/{n}.png?X-Amz-Signature=s3cr3t" for n in "ab"]
+        operator(image=presigned, wait_for_completion=False).execute(context(store))
+        dumped = json.dumps(store.values)
+        assert "bucket.test" not in dumped
+        assert "s3cr3t" not in dumped
+        assert len(store.values) == 2
+
+    def test_a_batch_writes_one_small_entry_per_image(self, fake: FakeNovita) -> None:
+        store = FakeStateStore()
+        images = [f"https://img.test/{n}.png" for n in range(500)]
+        operator(image=images, wait_for_completion=False).execute(context(store))
+        assert len(store.writes) == 500
+        assert max(size for _, size in store.writes) < 100
+        assert len({key for key, _ in store.writes}) == 500
+
+
+class TestReattachWhenExpiryIsUnknown:
+    @pytest.fixture
+    def no_expiry(self, fake: FakeNovita) -> FakeNovita:
+        # Novita's documented example: complete_time_ms is "", so the URL's expiry cannot be computed.
+        fake.completed_at_ms = None
+        return fake
+
+    def test_a_url_that_still_answers_is_reattached(
+        self, no_expiry: FakeNovita, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        asked: list[str] = []
+        monkeypatch.setattr(upscale, "url_answers", lambda url: asked.append(url) or True)
+        store = FakeStateStore()
+        operator(wait_for_completion=False).execute(context(store))
+        no_expiry.scripts = {task_id: (SUCCEED,) for task_id in no_expiry.scripts}
+        assert operator(wait_for_completion=False).execute(context(store)) == ["task-0", "task-1"]
+        assert asked == ["https://cdn.test/task-0.jpeg", "https://cdn.test/task-1.jpeg"]
+
+    def test_a_url_that_no_longer_answers_is_submitted_again_saying_why(
+        self, no_expiry: FakeNovita, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setattr(upscale, "url_answers", lambda url: False)
+        store = FakeStateStore()
+        operator(wait_for_completion=False).execute(context(store))
+        no_expiry.scripts = {task_id: (SUCCEED,) for task_id in no_expiry.scripts}
+        assert operator(wait_for_completion=False).execute(context(store)) == ["task-2", "task-3"]
+        logged = capsys.readouterr().out
+        assert "Not reattaching to Novita task task-0" in logged
+        assert "its result URL no longer answers (Novita gave no expiry time)" in logged
+
+
+class TestOutputPath:
+    @pytest.mark.parametrize("output_path", ["relative/out", "", "  "])
+    def test_a_literal_path_that_names_no_folder_fails_at_parse_time(self, output_path: str) -> None:
+        with pytest.raises(ValueError, match="output_path must be an absolute path or a URI"):
+            UpscaleOperator(task_id="t", image=IMAGES[0], output_path=output_path)
+
+    def test_a_rendered_relative_path_fails_before_anything_is_submitted(self, fake: FakeNovita) -> None:
+        op = operator(output_path="{{ params.out }}")
+        op.output_path = "relative/out"
+        with pytest.raises(ValueError, match="output_path must be"):
+            op.execute(context())
+        assert fake.requests == []
+
+
+def test_the_sync_client_is_closed_when_the_task_ends(fake: FakeNovita) -> None:
+    op = operator(deferrable=False)
+    op.execute(context())
+    assert "client" not in op.hook.__dict__
