@@ -96,23 +96,18 @@ class NovitaHook(BaseHook):
 
     @cached_property
     def settings(self) -> ConnectionSettings:
-        settings = self._settings_from(self.get_connection(self.novita_conn_id))
-        sdk_log.mask_secret(settings.api_key)
-        return settings
+        conn = self.get_connection(self.novita_conn_id)
+        for secret in _secrets(conn):
+            sdk_log.mask_secret(secret)
+        return ConnectionSettings.from_connection(conn)
 
     async def asettings(self) -> ConnectionSettings:
         if "settings" not in self.__dict__:
-            settings = self._settings_from(await self.aget_connection(self.novita_conn_id))
-            await _amask_secret(settings.api_key)
-            self.__dict__["settings"] = settings
+            conn = await self.aget_connection(self.novita_conn_id)
+            for secret in _secrets(conn):
+                await _amask_secret(secret)
+            self.__dict__["settings"] = ConnectionSettings.from_connection(conn)
         return self.settings
-
-    @staticmethod
-    def _settings_from(conn: Connection) -> ConnectionSettings:
-        if conn.password:
-            # Masked before it is checked, so that even the raw value with its stray newline is hidden.
-            sdk_log.mask_secret(conn.password)
-        return ConnectionSettings.from_connection(conn)
 
     @property
     def retries(self) -> RetryPolicy:
@@ -146,12 +141,9 @@ class NovitaHook(BaseHook):
         failures = 0
         while True:
             try:
-                _check_deadline(deadline, task_id)
-                timeout = settings.request_timeout(deadline)
-                if timeout is not None:
-                    kwargs["timeout"] = timeout
+                options = _request_options(settings, deadline, task_id, kwargs)
                 try:
-                    response = client.request(method, path, **kwargs)
+                    response = client.request(method, path, **options)
                 except httpx.HTTPError as err:
                     raise _connection_error(err, settings) from err
                 return _json_or_raise(response, task_id)
@@ -267,13 +259,10 @@ class NovitaSession:
         failures = 0
         while True:
             try:
-                _check_deadline(deadline, task_id)
-                timeout = self._settings.request_timeout(deadline)
-                if timeout is not None:
-                    kwargs["timeout"] = timeout
+                options = _request_options(self._settings, deadline, task_id, kwargs)
                 try:
                     async with slots:
-                        response = await client.request(method, path, **kwargs)
+                        response = await client.request(method, path, **options)
                 except httpx.HTTPError as err:
                     raise _connection_error(err, self._settings) from err
                 return _json_or_raise(response, task_id)
@@ -320,6 +309,11 @@ class NovitaSession:
         return outcome
 
 
+def _secrets(conn: Connection) -> set[str]:
+    # Airflow masks the password as stored; the key is sent stripped, which that mask does not match.
+    return {secret for secret in (conn.password, (conn.password or "").strip()) if secret}
+
+
 async def _amask_secret(secret: str) -> None:
     # ``amask_secret`` arrived in Airflow 3.3. Before it, the sync variant is safe here: off a task
     # process its supervisor notification fails at once, and the local masker is all that is needed.
@@ -330,10 +324,17 @@ async def _amask_secret(secret: str) -> None:
         await amask(secret)
 
 
-def _check_deadline(deadline: float | None, task_id: str | None) -> None:
-    """Nothing is sent once the deadline has passed: its answer could not change the outcome."""
+def _request_options(
+    settings: ConnectionSettings, deadline: float | None, task_id: str | None, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """
+    The keywords of one attempt, its timeouts cut to the deadline. Nothing is sent once the deadline
+    has passed: the answer could no longer change the outcome.
+    """
     if deadline is not None and time.time() >= deadline:
         raise NovitaTimeoutError([task_id] if task_id else [], "Deadline passed before the request was sent")
+    timeout = settings.request_timeout(deadline)
+    return kwargs if timeout is None else {**kwargs, "timeout": timeout}
 
 
 def _plan_retry(
