@@ -171,7 +171,7 @@ async def sleep_only(end: float, rng: random.Random) -> int:
     policy = PollingPolicy(5.0, 5.0)
     wakeups = 0
     while time.monotonic() < end:
-        await asyncio.sleep(policy.delay(wakeups, 0, rng))
+        await asyncio.sleep(policy.delay(0.0, None, rng, first=wakeups == 0))
         wakeups += 1
     return wakeups
 

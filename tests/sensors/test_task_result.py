@@ -246,3 +246,9 @@ class TestArguments:
         with pytest.raises(ValueError, match="task_ids must be a Novita task id"):
             waiting.execute(context())
         assert not fake.polls
+
+
+def test_the_sync_client_is_closed_when_the_task_ends(fake: FakeNovita) -> None:
+    waiting = sensor()
+    waiting.execute(context())
+    assert "client" not in waiting.hook.__dict__

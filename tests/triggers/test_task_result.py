@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -200,3 +201,54 @@ async def test_many_triggers_never_block_the_event_loop(
     assert len(created) == 1, "all triggers of one connection share one client"
     print(f"worst heartbeat gap {worst_gap:.3f}s")
     assert worst_gap < 0.2, f"event loop blocked for {worst_gap:.3f}s"
+
+
+async def test_the_deadline_holds_against_a_long_retry_after(fake: FakeNovita) -> None:
+    ids = [_submit(fake)]
+    fake.fail_next(*[error(429, "RATE_LIMIT_EXCEEDED", "slow down", {"Retry-After": "60"})] * 1000)
+    started = time.time()
+    event = await first_event(TaskResultTrigger(ids, "novita_default", 0.05, started + 0.5))
+    assert event.payload["status"] == "timeout"
+    assert time.time() - started < 10, "it waited for a Retry-After past its deadline"
+
+
+async def test_an_answer_naming_another_task_id_still_ends_the_wait(fake: FakeNovita) -> None:
+    ids = [_submit(fake)]
+    fake.scripts[ids[0]] = (SUCCEED,)
+    serve = fake.handle
+
+    def answer_for_another_id(request: httpx.Request) -> httpx.Response:
+        response = serve(request)
+        if request.url.path.endswith("task-result"):
+            body = response.json()
+            body["task"]["task_id"] = "not-the-polled-one"
+            return httpx.Response(200, json=body)
+        return response
+
+    fake.handle = answer_for_another_id  # type: ignore[method-assign]
+    event = await first_event(TaskResultTrigger(ids, "novita_default", 0.01, time.time() + 30))
+    assert event.payload["status"] == "success"
+    assert event.payload["results"][0]["task_id"] == ids[0]
+
+
+@pytest.mark.parametrize("odd", [float("nan"), float("inf"), "1e999", 10**400, -3, "soon"])
+async def test_odd_numbers_in_an_answer_do_not_kill_the_wait(fake: FakeNovita, odd: object) -> None:
+    ids = [_submit(fake)]
+    fake.scripts[ids[0]] = (PROCESSING, SUCCEED)
+    serve = fake.handle
+
+    def odd_numbers(request: httpx.Request) -> httpx.Response:
+        response = serve(request)
+        if request.url.path.endswith("task-result"):
+            body = response.json()
+            body["task"].update(eta=odd, progress_percent=odd)
+            for image in body["images"]:
+                image["image_url_ttl"] = odd
+            # Python's json writes NaN and Infinity as Novita's JSON would have to carry them.
+            return httpx.Response(200, content=json.dumps(body), headers={"Content-Type": "application/json"})
+        return response
+
+    fake.handle = odd_numbers  # type: ignore[method-assign]
+    event = await first_event(TaskResultTrigger(ids, "novita_default", 0.01, time.time() + 30))
+    assert event.payload["status"] == "success"
+    json.dumps(event.payload, allow_nan=False)  # the event stays strict JSON
