@@ -24,7 +24,7 @@ from airflow_provider_novita.models import TaskStatus, UpscaleRequest
 from airflow_provider_novita.polling import PollingPolicy
 from airflow_provider_novita.retries import RetryPolicy, may_have_billed
 from tests.conftest import API_KEY
-from tests.fakes import FAILED, SUCCEED, FakeNovita, error
+from tests.fakes import FAILED, QUEUED, SUCCEED, FakeNovita, error
 
 FAST = RetryPolicy(max_retries=3, initial_wait=0.001)
 REQUEST = UpscaleRequest("https://img.test/cat.png", "2k", "png")
@@ -315,3 +315,19 @@ async def test_a_shared_client_keeps_at_most_max_in_flight_requests(novita_conn:
         )
     )
     assert most == MAX_IN_FLIGHT
+
+
+async def test_concurrent_waits_on_one_hook_each_keep_their_own_session(novita_conn: str) -> None:
+    """Sessions are explicit: one wait ending cannot take the client from under another."""
+    fake = FakeNovita(script=(QUEUED, SUCCEED))
+    hook = NovitaHook(novita_conn, transport=fake.transport(), retry_policy=FAST)
+    fake.script = (SUCCEED,)
+    short = [await hook.asubmit_upscale(REQUEST)]
+    fake.script = (QUEUED, QUEUED, QUEUED, SUCCEED)
+    long = [await hook.asubmit_upscale(REQUEST)]
+    outcomes = await asyncio.gather(
+        hook.await_tasks(short, PollingPolicy(0.01, 0.01), time.time() + 30),
+        hook.await_tasks(long, PollingPolicy(0.01, 0.01), time.time() + 30),
+    )
+    assert [outcome.status.value for outcome in outcomes] == ["success", "success"]
+    assert len(shared_async_clients) == 0
