@@ -1,11 +1,17 @@
 """
-Building httpx clients for a Novita connection, and sharing them on the triggerer.
+What a Novita connection says, the requests built from it, and the transports that carry them.
 
-Measured on peers (see the README's performance section): an ``httpx.AsyncClient`` costs about
-850 KB and tens of milliseconds, most of it its own SSL context, and a client per trigger opens a
-TCP connection per poll. So every client here shares one SSL context per process, keeps
-connections alive longer than the longest poll interval, and on the triggerer all triggers of one
-event loop that use the same connection share one ``AsyncClient`` (:data:`shared_async_clients`).
+Measured on peers (see the README's performance section): an httpx client costs about 850 KB and
+tens of milliseconds, most of it its own SSL context, and a client per trigger opens a TCP
+connection per poll. So every transport here shares one SSL context per process, keeps connections
+alive longer than the longest poll interval, and on the triggerer all triggers of one event loop
+that use the same connection share one transport (:data:`shared_async_transports`).
+
+The hook sends prepared ``httpx.Request`` objects straight through an httpx transport rather than
+through an ``httpx.Client``: profiled on a poll, the client's per-request work (merging the base
+URL and query parameters, parsing the URL three times, extracting cookies Novita never sets) was
+about a third of the CPU this process spends on a request. What the client would add is built here
+once per connection instead: the headers, the timeouts, the URL prefix.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -35,9 +42,9 @@ DEFAULT_MAX_RETRIES = 5
 CONNECT_TIMEOUT = 10.0
 # Longer than the default longest wait between polls, so a waiting batch reuses its connection.
 KEEPALIVE_EXPIRY = DEFAULT_MAX_POLL_INTERVAL + 30.0
-# Requests one shared client has in flight at once, and so its connections. More requests wait on a
-# semaphore, which is cheap, instead of in httpcore's pool, where handing a connection over costs time
-# in proportion to the queue (measured: a 1000-trigger burst spent 98% of its CPU there).
+# Requests one shared transport has in flight at once, and so its connections. More requests wait on
+# a semaphore, which is cheap, instead of in httpcore's pool, where handing a connection over costs
+# time in proportion to the queue (measured: a 1000-trigger burst spent 98% of its CPU there).
 MAX_IN_FLIGHT = 32
 
 
@@ -66,24 +73,47 @@ class ConnectionSettings:
             max_retries=int(_number(extra, "max_retries", DEFAULT_MAX_RETRIES, conn.conn_id)),
         )
 
-    def request_timeout(self, deadline: float | None) -> httpx.Timeout | None:
-        """
-        A request's timeouts cut to what is left before ``deadline`` (epoch seconds), so that no
-        single network wait outlasts it; None keeps the client's own timeouts.
-        """
-        if deadline is None:
-            return None
-        left = max(0.0, min(self.timeout, deadline - time.time()))
-        return httpx.Timeout(left, connect=min(left, CONNECT_TIMEOUT))
-
-    def client_options(self, verify: ssl.SSLContext) -> dict[str, Any]:
-        return {
-            "base_url": self.base_url,
-            "headers": {
+    @cached_property
+    def headers(self) -> httpx.Headers:
+        return httpx.Headers(
+            {
                 "Authorization": f"Bearer {self.api_key}",
                 "User-Agent": f"airflow-provider-novita/{__version__}",
-            },
-            "timeout": httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT)),
+                "Accept": "application/json",
+            }
+        )
+
+    @cached_property
+    def _timeouts(self) -> dict[str, float]:
+        return _timeouts(self.timeout)
+
+    def timeouts(self, deadline: float | None) -> dict[str, float]:
+        """
+        A request's timeouts (httpx's ``timeout`` extension), cut to what is left before ``deadline``
+        (epoch seconds) when that is less than the connection's own, so that no single network wait
+        outlasts it.
+        """
+        if deadline is not None and (left := deadline - time.time()) < self.timeout:
+            return _timeouts(max(0.0, left))
+        return self._timeouts
+
+    def request(
+        self, method: str, path: str, *, deadline: float | None = None, json: Any = None
+    ) -> httpx.Request:
+        """
+        A request to ``path`` (with its query string, if any) on this connection, with its headers and
+        timeouts: the URL is parsed once, here, and nothing is merged per request.
+        """
+        return httpx.Request(
+            method,
+            self.base_url + path,
+            headers=self.headers,
+            json=json,
+            extensions={"timeout": self.timeouts(deadline)},
+        )
+
+    def transport_options(self, verify: ssl.SSLContext) -> dict[str, Any]:
+        return {
             # Keep-alive for every connection: httpcore 1.0 closes an idle connection whenever the pool
             # holds more than max_keepalive_connections in all, which under load means one per request.
             "limits": httpx.Limits(
@@ -93,6 +123,10 @@ class ConnectionSettings:
             ),
             "verify": verify,
         }
+
+
+def _timeouts(seconds: float) -> dict[str, float]:
+    return {"connect": min(seconds, CONNECT_TIMEOUT), "read": seconds, "write": seconds, "pool": seconds}
 
 
 def _api_key(conn: Connection) -> str:
@@ -162,49 +196,57 @@ def shared_ssl_context() -> ssl.SSLContext:
 
 
 @dataclass
-class SharedClient:
-    """An ``AsyncClient`` shared by the triggers of one event loop and connection, and its request slots."""
+class SharedTransport:
+    """A transport shared by the triggers of one event loop and connection, and its request slots."""
 
-    client: httpx.AsyncClient
+    transport: httpx.AsyncBaseTransport
+    owned: bool
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_IN_FLIGHT))
     users: int = 0
 
 
-class SharedAsyncClients:
+class SharedAsyncTransports:
     """
-    Hands out one :class:`SharedClient` per event loop and connection settings, reference-counted.
+    Hands out one :class:`SharedTransport` per event loop and connection settings, reference-counted.
 
     Triggers of the same connection on one triggerer then share a connection pool and its request
-    slots, and the client is closed when the last of them finishes. Clients are never shared across
-    event loops, which httpx does not support.
+    slots, and the transport is closed when the last of them finishes. Transports are never shared
+    across event loops, which httpx does not support.
     """
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[int, ConnectionSettings, int], SharedClient] = {}
+        self._shared: dict[tuple[int, ConnectionSettings, int], SharedTransport] = {}
 
     @asynccontextmanager
     async def lease(
         self, settings: ConnectionSettings, transport: httpx.AsyncBaseTransport | None = None
-    ) -> AsyncIterator[SharedClient]:
+    ) -> AsyncIterator[SharedTransport]:
+        """
+        :param transport: sends the requests instead of a network transport; meant for tests. It is
+            shared like a network transport, and not closed: its owner closes it.
+        """
         key = (id(asyncio.get_running_loop()), settings, id(transport))
-        if key not in self._clients:
+        if key not in self._shared:
             # Off the loop: the first SSL context of the process blocks for tens of milliseconds.
             verify = await asyncio.to_thread(shared_ssl_context)
-            if key not in self._clients:
-                client = httpx.AsyncClient(transport=transport, **settings.client_options(verify))
-                self._clients[key] = SharedClient(client)
-        shared = self._clients[key]
+            if key not in self._shared:
+                self._shared[key] = SharedTransport(
+                    transport or httpx.AsyncHTTPTransport(**settings.transport_options(verify)),
+                    owned=transport is None,
+                )
+        shared = self._shared[key]
         shared.users += 1
         try:
             yield shared
         finally:
             shared.users -= 1
             if shared.users == 0:
-                del self._clients[key]
-                await shared.client.aclose()
+                del self._shared[key]
+                if shared.owned:
+                    await shared.transport.aclose()
 
     def __len__(self) -> int:
-        return len(self._clients)
+        return len(self._shared)
 
 
-shared_async_clients = SharedAsyncClients()
+shared_async_transports = SharedAsyncTransports()

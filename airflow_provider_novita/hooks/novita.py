@@ -9,6 +9,7 @@ import time
 from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 from airflow.sdk import BaseHook
@@ -24,8 +25,8 @@ from airflow_provider_novita.exceptions import (
 )
 from airflow_provider_novita.hooks.clients import (
     ConnectionSettings,
-    SharedClient,
-    shared_async_clients,
+    SharedTransport,
+    shared_async_transports,
     shared_ssl_context,
 )
 from airflow_provider_novita.models import TaskResult, UpscaleRequest, redact_url
@@ -64,10 +65,11 @@ class NovitaHook(BaseHook):
     cuts every retry wait and request timeout. Every error raised is a
     :class:`~airflow_provider_novita.exceptions.NovitaError`, and none of their messages carries the key.
 
-    The sync methods use one ``httpx.Client`` per hook, closed by :meth:`close`. The async side is an
-    explicit :meth:`session`: it looks the connection up without blocking the event loop and leases
-    the client shared by every session of the event loop and connection (see
-    :mod:`airflow_provider_novita.hooks.clients`). The async convenience methods open a session each.
+    The sync methods use one httpx transport (a connection pool) per hook, closed by :meth:`close`.
+    The async side is an explicit :meth:`session`: it looks the connection up without blocking the
+    event loop and leases the transport shared by every session of the event loop and connection (see
+    :mod:`airflow_provider_novita.hooks.clients`, which also says why requests skip ``httpx.Client``).
+    The async convenience methods open a session each.
 
     :param novita_conn_id: the Airflow connection to use.
     :param transport: an httpx transport to send requests through instead of the network; meant for
@@ -116,17 +118,20 @@ class NovitaHook(BaseHook):
     # -- sync ---------------------------------------------------------------------------------
 
     @cached_property
-    def client(self) -> httpx.Client:
-        return httpx.Client(transport=self._transport, **self.settings.client_options(shared_ssl_context()))
+    def transport(self) -> httpx.BaseTransport:
+        """The sync transport: the one given (tests), else a connection pool of the hook's own."""
+        if self._transport is not None:
+            return self._transport
+        return httpx.HTTPTransport(**self.settings.transport_options(shared_ssl_context()))
 
-    def get_conn(self) -> httpx.Client:
-        return self.client
+    def get_conn(self) -> httpx.BaseTransport:
+        return self.transport
 
     def close(self) -> None:
-        """Close the sync client, if one was made; the hook makes a new one if used again."""
-        client = self.__dict__.pop("client", None)
-        if client is not None:
-            client.close()
+        """Close the sync transport, if the hook made one; it makes a new one if used again."""
+        transport = self.__dict__.pop("transport", None)
+        if transport is not None and transport is not self._transport:
+            transport.close()
 
     def _request(
         self,
@@ -135,15 +140,16 @@ class NovitaHook(BaseHook):
         *,
         task_id: str | None = None,
         deadline: float | None = None,
-        **kwargs: Any,
+        json: Any = None,
     ) -> Any:
-        client, settings, retries = self.client, self.settings, self.retries
+        transport, settings, retries = self.transport, self.settings, self.retries
         failures = 0
         while True:
             try:
-                options = _request_options(settings, deadline, task_id, kwargs)
+                request = _request(settings, method, path, task_id, deadline, json)
                 try:
-                    response = client.request(method, path, **options)
+                    response = transport.handle_request(request)
+                    response.read()
                 except httpx.HTTPError as err:
                     raise _connection_error(err, settings) from err
                 return _json_or_raise(response, task_id)
@@ -159,9 +165,7 @@ class NovitaHook(BaseHook):
         return _task_id(self._request("POST", SUBMIT_PATH, json=request.to_json()))
 
     def get_task_result(self, task_id: str, *, deadline: float | None = None) -> TaskResult:
-        body = self._request(
-            "GET", TASK_RESULT_PATH, task_id=task_id, deadline=deadline, params={"task_id": task_id}
-        )
+        body = self._request("GET", _task_result_path(task_id), task_id=task_id, deadline=deadline)
         return TaskResult.from_api(body, task_id)
 
     def get_task_results(
@@ -214,7 +218,7 @@ class NovitaHook(BaseHook):
         Sessions are independent: two of one hook, used concurrently, each hold their own lease.
         """
         settings = await self.asettings()
-        async with shared_async_clients.lease(settings, self._transport) as shared:
+        async with shared_async_transports.lease(settings, self._transport) as shared:
             yield NovitaSession(shared, settings, self.retries)
 
     async def asubmit_upscale(self, request: UpscaleRequest) -> str:
@@ -235,12 +239,12 @@ class NovitaHook(BaseHook):
 
 class NovitaSession:
     """
-    One async conversation with Novita: a leased shared client, its request slots, the connection's
-    settings and the retry policy, all fixed for the session's lifetime. Get one from
+    One async conversation with Novita: a leased shared transport, its request slots, the
+    connection's settings and the retry policy, all fixed for the session's lifetime. Get one from
     :meth:`NovitaHook.session`.
     """
 
-    def __init__(self, shared: SharedClient, settings: ConnectionSettings, retries: RetryPolicy) -> None:
+    def __init__(self, shared: SharedTransport, settings: ConnectionSettings, retries: RetryPolicy) -> None:
         self._shared = shared
         self._settings = settings
         self._retries = retries
@@ -252,17 +256,18 @@ class NovitaSession:
         *,
         task_id: str | None = None,
         deadline: float | None = None,
-        **kwargs: Any,
+        json: Any = None,
     ) -> Any:
         """The async twin of the hook's sync request loop: the same retries, deadline and errors."""
-        client, slots = self._shared.client, self._shared.slots
+        transport, slots = self._shared.transport, self._shared.slots
         failures = 0
         while True:
             try:
-                options = _request_options(self._settings, deadline, task_id, kwargs)
+                request = _request(self._settings, method, path, task_id, deadline, json)
                 try:
                     async with slots:
-                        response = await client.request(method, path, **options)
+                        response = await transport.handle_async_request(request)
+                        await response.aread()
                 except httpx.HTTPError as err:
                     raise _connection_error(err, self._settings) from err
                 return _json_or_raise(response, task_id)
@@ -278,9 +283,7 @@ class NovitaSession:
         return _task_id(await self.request("POST", SUBMIT_PATH, json=request.to_json()))
 
     async def get_task_result(self, task_id: str, *, deadline: float | None = None) -> TaskResult:
-        body = await self.request(
-            "GET", TASK_RESULT_PATH, task_id=task_id, deadline=deadline, params={"task_id": task_id}
-        )
+        body = await self.request("GET", _task_result_path(task_id), task_id=task_id, deadline=deadline)
         return TaskResult.from_api(body, task_id)
 
     async def get_task_results(
@@ -324,17 +327,25 @@ async def _amask_secret(secret: str) -> None:
         await amask(secret)
 
 
-def _request_options(
-    settings: ConnectionSettings, deadline: float | None, task_id: str | None, kwargs: dict[str, Any]
-) -> dict[str, Any]:
+def _request(
+    settings: ConnectionSettings,
+    method: str,
+    path: str,
+    task_id: str | None,
+    deadline: float | None,
+    json: Any,
+) -> httpx.Request:
     """
-    The keywords of one attempt, its timeouts cut to the deadline. Nothing is sent once the deadline
-    has passed: the answer could no longer change the outcome.
+    One attempt's request, its timeouts cut to the deadline. Nothing is sent once the deadline has
+    passed: the answer could no longer change the outcome.
     """
     if deadline is not None and time.time() >= deadline:
         raise NovitaTimeoutError([task_id] if task_id else [], "Deadline passed before the request was sent")
-    timeout = settings.request_timeout(deadline)
-    return kwargs if timeout is None else {**kwargs, "timeout": timeout}
+    return settings.request(method, path, deadline=deadline, json=json)
+
+
+def _task_result_path(task_id: str) -> str:
+    return f"{TASK_RESULT_PATH}?task_id={quote(task_id, safe='')}"
 
 
 def _plan_retry(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -18,7 +19,8 @@ from airflow_provider_novita.exceptions import (
     NovitaRateLimitError,
     NovitaServerError,
 )
-from airflow_provider_novita.hooks.clients import MAX_IN_FLIGHT, shared_async_clients
+from airflow_provider_novita.hooks import clients
+from airflow_provider_novita.hooks.clients import MAX_IN_FLIGHT, shared_async_transports
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.models import TaskStatus, UpscaleRequest
 from airflow_provider_novita.polling import PollingPolicy
@@ -265,18 +267,34 @@ class TestAsync:
     async def test_concurrent_users_of_one_connection_share_one_client(self, novita_conn: str) -> None:
         fake = FakeNovita(script=(SUCCEED,))
         transport = fake.transport()
-        seen: list[httpx.AsyncClient] = []
+        seen: list[httpx.AsyncBaseTransport] = []
 
         async def use() -> None:
             hook = NovitaHook(novita_conn, transport=transport, retry_policy=FAST)
             async with hook.session() as session:
-                seen.append(session._shared.client)
+                seen.append(session._shared.transport)
                 await asyncio.sleep(0.01)
 
         await asyncio.gather(*(use() for _ in range(20)))
-        assert len({id(client) for client in seen}) == 1
-        assert seen[0].is_closed
-        assert len(shared_async_clients) == 0
+        assert len({id(shared) for shared in seen}) == 1
+        assert len(shared_async_transports) == 0
+
+    async def test_the_shared_network_transport_is_closed_with_its_last_user(
+        self, novita_conn: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        closed: list[httpx.AsyncHTTPTransport] = []
+
+        class Recording(httpx.AsyncHTTPTransport):
+            async def aclose(self) -> None:
+                closed.append(self)
+                await super().aclose()
+
+        monkeypatch.setattr(clients.httpx, "AsyncHTTPTransport", Recording)
+        async with contextlib.AsyncExitStack() as stack:
+            sessions = [await stack.enter_async_context(NovitaHook(novita_conn).session()) for _ in range(3)]
+            assert len({id(session._shared.transport) for session in sessions}) == 1
+            assert closed == []
+        assert len(closed) == 1
 
     async def test_retries_async_too(self, hook: NovitaHook, fake: FakeNovita) -> None:
         fake.script = (SUCCEED,)
@@ -330,4 +348,4 @@ async def test_concurrent_waits_on_one_hook_each_keep_their_own_session(novita_c
         hook.await_tasks(long, PollingPolicy(0.01, 0.01), time.time() + 30),
     )
     assert [outcome.status.value for outcome in outcomes] == ["success", "success"]
-    assert len(shared_async_clients) == 0
+    assert len(shared_async_transports) == 0

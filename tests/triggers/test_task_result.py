@@ -6,7 +6,7 @@ import asyncio
 import gc
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -143,11 +143,11 @@ async def test_the_client_is_released_when_the_trigger_is_cancelled(fake: FakeNo
         if fake.polls:
             break
         await asyncio.sleep(0.01)
-    assert len(clients.shared_async_clients) == 1
+    assert len(clients.shared_async_transports) == 1
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
-    assert len(clients.shared_async_clients) == 0
+    assert len(clients.shared_async_transports) == 0
 
 
 async def test_many_triggers_never_block_the_event_loop(
@@ -158,15 +158,15 @@ async def test_many_triggers_never_block_the_event_loop(
     come later than the triggerer's own warning threshold (0.2 s). The tight figures belong to
     benchmarks/, not here.
     """
-    created: list[httpx.AsyncClient] = []
-    real_client = httpx.AsyncClient
+    created: list[clients.SharedTransport] = []
+    real_shared = clients.SharedTransport
 
-    def counting_client(*args: object, **kwargs: object) -> httpx.AsyncClient:
-        client = real_client(*args, **kwargs)  # type: ignore[arg-type]
-        created.append(client)
-        return client
+    def counting(*args: Any, **kwargs: Any) -> clients.SharedTransport:
+        shared = real_shared(*args, **kwargs)
+        created.append(shared)
+        return shared
 
-    monkeypatch.setattr(clients.httpx, "AsyncClient", counting_client)
+    monkeypatch.setattr(clients, "SharedTransport", counting)
     batches = [[_submit(fake) for _ in range(2)] for _ in range(200)]
     for task_id in fake.scripts:
         fake.scripts[task_id] = (PROCESSING, SUCCEED)
@@ -198,7 +198,7 @@ async def test_many_triggers_never_block_the_event_loop(
     stop.set()
     await beat
     assert [e.payload["status"] for e in events] == ["success"] * 200
-    assert len(created) == 1, "all triggers of one connection share one client"
+    assert len(created) == 1, "all triggers of one connection share one transport"
     print(f"worst heartbeat gap {worst_gap:.3f}s")
     assert worst_gap < 0.2, f"event loop blocked for {worst_gap:.3f}s"
 
