@@ -1,0 +1,599 @@
+"""
+What deferring buys on a real Airflow: 50 images, 2 worker slots, 20 s Novita jobs.
+
+Issue 9's target: a mapped ``UpscaleOperator`` over 50 images, on an Airflow with 2 worker slots and
+Novita jobs of 20 s, finishes deferrable in at most 1.5x one job's duration, against about 25x
+(50 images / 2 slots x 20 s) when every task waits in its worker slot. This is a benchmark script,
+not a timed test: it prints what it measured.
+
+How:
+
+* a real Airflow (the one installed next to this script, 3.3.2 in ``.venv``) runs as it is deployed,
+  each component its own process (api-server, dag-processor, scheduler, triggerer) sharing a SQLite
+  metadata database in a fresh temporary ``AIRFLOW_HOME``, as ``tests/e2e/test_real_airflow.py`` does.
+  The scheduler runs the LocalExecutor with ``[core] parallelism = 2``: two worker slots;
+* Novita is the provider's emulator, in a thread of this process, reached over loopback, with jobs
+  of ``--job-duration`` (20 s). Its image work is small (2k JPEGs of the 640x360 sample, about 75 ms
+  of CPU each), but it does compete with Airflow for this machine's CPU;
+* a DAG file written into the temporary dags folder holds two DAGs, identical but for
+  ``deferrable``: ``UpscaleOperator.partial(deferrable=..., poll_interval=..., retries=2,
+  retry_delay=2 s).expand(image=[50 URLs])``, one image per mapped task instance, so 50 task
+  instances. The URLs are the emulator's sample with a distinct query string each, so every
+  submission is counted per image. ``retries=2`` because Airflow 3.3.2 can fail a deferred task
+  whose trigger fires soon after its deferral as externally killed (apache/airflow#67287); a retry
+  reattaches to the Novita task already submitted (the README explains it). The short retry delay
+  keeps such a retry from adding Airflow's default 5 minutes to the wall time;
+* each DAG is unpaused and triggered through the REST API, one run after the other (deferrable
+  first), and the metadata database is read every ``--sample-interval`` (0.5 s) until the run is final.
+
+Figures, per run:
+
+* ``wall``: the DAG run's ``start_date`` to ``end_date`` in the metadata database; ``x job`` divides
+  it by the job duration (the target: <= 1.5 deferrable, about 25 not);
+* ``max running / deferred / queued``: the most task instances seen at once in each state, sampled
+  (a state shorter than the sampling interval can be missed). Running never exceeds the 2 slots;
+* ``retries``: task instances that needed more than one try, and the scheduler log lines of the
+  #67287 race ("finished with state success, but the task instance's state attribute is ...");
+* ``submissions``: submissions the emulator accepted (50 means no image was billed twice);
+* ``all submitted``: from the run's start to the last submission; ``last job -> end``: from the end
+  of the last Novita job to the end of the run (resuming the deferred tasks, or the last poll);
+* ``CPU busy``: how busy this machine's CPUs were during the run (``/proc/stat``): near 100% means
+  Airflow's own work (a task process per task instance, parsing the DAG file each time) was the
+  bottleneck, not the slots.
+
+How to read it: the deferrable wall time is the job duration plus what Airflow needs to start 50
+task processes twice (to submit, then to resume) through 2 slots on a shared 2-core machine; compare
+``all submitted`` and ``last job -> end`` with the job duration to see which part dominates. The
+non-deferrable run takes about images / 2 x (job + task start-up): 8+ minutes by default.
+
+Every process started here is stopped at the end, also on failure or Ctrl+C: SIGTERM to each
+component, then to what is left in its session, then SIGKILL, each with a bounded wait.
+
+Run: ``python benchmarks/deferral_slots.py [--images 50] [--job-duration 20] [--skip-sync]
+[--output deferral_slots.json]``; ``--keep-home`` keeps the temporary AIRFLOW_HOME and its logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from cryptography.fernet import Fernet
+
+from airflow_provider_novita.emulator import EmulatorConfig, EmulatorServer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+API_KEY = "sk-deferral-bench"
+TASK_ID = "upscale"
+DAG_IDS = {True: "novita_bench_deferrable", False: "novita_bench_in_worker"}
+# What the scheduler logs when apache/airflow#67287 strikes (see tests/e2e/test_real_airflow.py).
+STALE_EVENT_MISMATCH = "finished with state success, but the task instance's state attribute is"
+RETRY_DELAY_SECONDS = 2
+
+MIGRATE_TIMEOUT = 180.0
+READY_TIMEOUT = 180.0
+STOP_GRACE = 20.0
+ORPHAN_GRACE = 5.0
+LOG_TAIL_LINES = 60
+
+DAG_FILE = '''\
+"""Written by benchmarks/deferral_slots.py: the same mapped upscale, deferrable or in the worker."""
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_provider_novita.operators.upscale import UpscaleOperator
+
+IMAGES = {images!r}
+
+for dag_id, deferrable in {dags!r}:
+    with DAG(
+        dag_id=dag_id,
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+    ) as dag:
+        UpscaleOperator.partial(
+            task_id={task_id!r},
+            resolution="2k",
+            output_format="jpeg",
+            deferrable=deferrable,
+            poll_interval={poll_interval!r},
+            retries=2,
+            retry_delay=timedelta(seconds={retry_delay!r}),
+        ).expand(image=IMAGES)
+    globals()[dag_id] = dag
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"<unreadable: {error}>"
+
+
+def session_members(session_id: int) -> list[int]:
+    """Live (not zombie) processes of a session, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name in parentheses may contain spaces; the fields after it are fixed.
+        state, _ppid, _pgrp, session = stat.rpartition(")")[2].split()[:4]
+        if int(session) == session_id and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def parse_db_time(value: str | None) -> datetime | None:
+    """A timestamp as Airflow stores it in SQLite: UTC, with or without an offset."""
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+class AirflowCluster:
+    """Airflow components sharing one temporary AIRFLOW_HOME; every one is stopped by ``stop``."""
+
+    def __init__(self, home: Path, env: dict[str, str], api_url: str) -> None:
+        self.home = home
+        self.env = env
+        self.api_url = api_url
+        self.db_path = home / "airflow.db"
+        self.logs_dir = home / "process-logs"
+        self.logs_dir.mkdir()
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def run_cli(self, name: str, *args: str, timeout: float) -> None:
+        log_path = self.logs_dir / f"{name}.log"
+        with log_path.open("wb") as log:
+            # subprocess.run kills the child if the timeout expires: nothing is left behind.
+            result = subprocess.run(
+                [sys.executable, "-m", "airflow", *args],
+                env=self.env,
+                cwd=self.home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise RuntimeError(f"`airflow {' '.join(args)}` failed:\n{tail(log_path)}")
+
+    def start(self, name: str, *args: str) -> None:
+        with (self.logs_dir / f"{name}.log").open("wb") as log:
+            # A session of its own per component, so that stop() finds everything it forked (task
+            # supervisors move to process groups of their own, but stay in the session).
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "airflow", name, *args],
+                env=self.env,
+                cwd=self.home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def check_running(self) -> None:
+        for name, process in self.processes.items():
+            code = process.poll()
+            if code is not None:
+                raise RuntimeError(f"airflow {name} exited with {code}:\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
+        return tail(self.logs_dir / f"{name}.log", lines)
+
+    def stop(self) -> list[str]:
+        """Stop every component and everything it started; returns what did not stop on SIGTERM.
+
+        SIGTERM to each component first, which shuts down its own children in order; then SIGTERM to
+        whatever is left in their sessions, then SIGKILL. Every wait is bounded.
+        """
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+        wait_for(lambda: all(p.poll() is not None for p in self.processes.values()), STOP_GRACE)
+        for process in self.processes.values():
+            self._signal_session(process.pid, signal.SIGTERM)
+        wait_for(lambda: not self._leftovers(), ORPHAN_GRACE)
+        not_stopped = [f"{name}: {pids}" for name, pids in self._leftovers().items()]
+        for process in self.processes.values():
+            self._signal_session(process.pid, signal.SIGKILL)
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+        wait_for(lambda: not self._leftovers(), ORPHAN_GRACE)
+        survivors = self._leftovers()
+        if survivors:
+            not_stopped.append(f"SURVIVED SIGKILL: {survivors}")
+        return not_stopped
+
+    def _leftovers(self) -> dict[str, list[int]]:
+        for process in self.processes.values():
+            process.poll()  # reap the leader, so it stops counting as a member of its session
+        leftovers = {name: session_members(p.pid) for name, p in self.processes.items()}
+        return {name: pids for name, pids in leftovers.items() if pids}
+
+    @staticmethod
+    def _signal_session(session_id: int, signum: signal.Signals) -> None:
+        for pid in session_members(session_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def query(self, sql: str, *params: object) -> list[sqlite3.Row]:
+        # Airflow runs SQLite in WAL mode, so this short read does not block its writers.
+        connection = sqlite3.connect(self.db_path, timeout=10)
+        try:
+            connection.row_factory = sqlite3.Row
+            return connection.execute(sql, params).fetchall()
+        finally:
+            connection.close()
+
+
+def wait_for(done: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def airflow_env(home: Path, api_port: int, emulator: EmulatorServer, parallelism: int) -> dict[str, str]:
+    # Nothing from the caller's Airflow set-up may leak into the cluster.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW", "PYTEST_"))}
+    api_url = f"http://127.0.0.1:{api_port}"
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            # Task processes reach the api-server here; the default would be port 8080.
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__API__BASE_URL": api_url,
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+            # The scheduler signs the task tokens that the api-server checks: one secret for all.
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            # Fixed default ports could clash with anything else running on this shared machine.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW_CONN_NOVITA_DEFAULT": emulator.airflow_conn_json(),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def wait_until_ready(cluster: AirflowCluster, client: httpx.Client, dag_ids: list[str]) -> None:
+    """Until the api-server answers, every component heartbeats, and the DAGs are parsed."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    last = "no answer from the api-server yet"
+    while time.monotonic() < deadline:
+        cluster.check_running()
+        try:
+            health = client.get("/api/v2/monitor/health").json()
+            unhealthy = [name for name, part in health.items() if part.get("status") != "healthy"]
+            missing = [d for d in dag_ids if client.get(f"/api/v2/dags/{d}").status_code != 200]
+            if not unhealthy and not missing:
+                return
+            errors = client.get("/api/v2/importErrors").json().get("import_errors")
+            last = f"unhealthy: {unhealthy}; DAGs not parsed yet: {missing}; import errors: {errors}"
+        except (httpx.HTTPError, ValueError) as error:  # not listening, or not answering JSON yet
+            last = f"api-server: {error!r}"
+        time.sleep(1.0)
+    raise RuntimeError(f"Airflow not ready after {READY_TIMEOUT:g}s ({last})")
+
+
+def run_timeout(args: argparse.Namespace, deferrable: bool) -> float:
+    """Generous bounds that catch a hang; they measure nothing."""
+    if deferrable:
+        return 3 * args.job_duration + 10 * args.images + 300
+    return math.ceil(args.images / args.parallelism) * (args.job_duration + 30) + 300
+
+
+def measure_run(
+    cluster: AirflowCluster,
+    client: httpx.Client,
+    emulator: EmulatorServer,
+    args: argparse.Namespace,
+    deferrable: bool,
+) -> dict[str, Any]:
+    dag_id = DAG_IDS[deferrable]
+    emulator.reset()  # counters and tasks of this run only
+    unpause = client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+    unpause.raise_for_status()
+    busy_before, total_before = cpu_jiffies()
+    triggered_mono = time.monotonic()
+    created = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
+    created.raise_for_status()
+    run_id = created.json()["dag_run_id"]
+    mode = "deferrable" if deferrable else "in the worker"
+    print(f"Triggered {dag_id} ({mode}), run {run_id}", file=sys.stderr, flush=True)
+
+    samples: list[dict[str, Any]] = []
+    states_seen: dict[int, set[str]] = {}
+    deadline = triggered_mono + run_timeout(args, deferrable)
+    final_state = "timeout"
+    last_print = 0.0
+    while time.monotonic() < deadline:
+        rows = cluster.query(
+            "SELECT map_index, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            dag_id,
+            run_id,
+        )
+        counts: dict[str, int] = {}
+        for row in rows:
+            state = row["state"] or "none"
+            counts[state] = counts.get(state, 0) + 1
+            states_seen.setdefault(row["map_index"], set()).add(state)
+        elapsed = time.monotonic() - triggered_mono
+        samples.append({"t": round(elapsed, 2), "counts": counts})
+        if elapsed - last_print >= 30:
+            last_print = elapsed
+            print(f"  {elapsed:5.0f}s {dict(sorted(counts.items()))}", file=sys.stderr, flush=True)
+        (run,) = cluster.query("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", dag_id, run_id)
+        if run["state"] in ("success", "failed"):
+            final_state = run["state"]
+            break
+        cluster.check_running()
+        time.sleep(args.sample_interval)
+    busy_after, total_after = cpu_jiffies()
+    # Pause again, so that nothing of this DAG is scheduled while the other one is measured.
+    client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": True}).raise_for_status()
+    return summarise_run(
+        cluster,
+        emulator,
+        args,
+        dag_id=dag_id,
+        run_id=run_id,
+        deferrable=deferrable,
+        final_state=final_state,
+        samples=samples,
+        states_seen=states_seen,
+        cpu_busy=(busy_after - busy_before) / max(1, total_after - total_before),
+    )
+
+
+def summarise_run(
+    cluster: AirflowCluster,
+    emulator: EmulatorServer,
+    args: argparse.Namespace,
+    *,
+    dag_id: str,
+    run_id: str,
+    deferrable: bool,
+    final_state: str,
+    samples: list[dict[str, Any]],
+    states_seen: dict[int, set[str]],
+    cpu_busy: float,
+) -> dict[str, Any]:
+    (run,) = cluster.query(
+        "SELECT start_date, end_date FROM dag_run WHERE dag_id = ? AND run_id = ?", dag_id, run_id
+    )
+    started, ended = parse_db_time(run["start_date"]), parse_db_time(run["end_date"])
+    wall = (ended - started).total_seconds() if started and ended else None
+    tis = cluster.query(
+        "SELECT map_index, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
+        dag_id,
+        run_id,
+    )
+    history = cluster.query(
+        "SELECT count(*) AS n FROM task_instance_history WHERE dag_id = ? AND run_id = ?", dag_id, run_id
+    )[0]["n"]
+    ti_states: dict[str, int] = {}
+    for ti in tis:
+        ti_states[ti["state"] or "none"] = ti_states.get(ti["state"] or "none", 0) + 1
+
+    def most(state: str) -> int:
+        return max((sample["counts"].get(state, 0) for sample in samples), default=0)
+
+    # The emulator's clock is monotonic; the database's is UTC wall time. One offset converts.
+    offset = time.time() - time.monotonic()
+    tasks = list(emulator._service._tasks._tasks.values())  # private: the emulator's own records
+    last_submission = max((task.submitted_at for task in tasks), default=None)
+    last_job_end = max((task.finish_at or 0.0 for task in tasks), default=None)
+    race_lines = [
+        line for line in cluster.tail("scheduler", 10**9).splitlines() if STALE_EVENT_MISMATCH in line
+    ]
+    stats = emulator.stats()
+    start_epoch = started.timestamp() if started else None
+    return {
+        "mode": "deferrable" if deferrable else "in the worker",
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "state": final_state,
+        "wall": wall,
+        "x_job": wall / args.job_duration if wall is not None else None,
+        "task_instances": len(tis),
+        "ti_states": ti_states,
+        "max_running": most("running"),
+        "max_deferred": most("deferred"),
+        "max_queued": most("queued"),
+        "deferred_at_least_once": sum("deferred" in seen for seen in states_seen.values()),
+        "tis_with_retries": sum((ti["try_number"] or 0) > 1 for ti in tis),
+        "earlier_tries_in_history": history,
+        "race_log_lines": len(race_lines),
+        "accepted_submissions": stats["accepted_submissions"],
+        "submissions_by_image_max": max(stats["submissions_by_image"].values(), default=0),
+        "tasks_by_status": stats["tasks_by_status"],
+        "all_submitted_after": (
+            last_submission + offset - start_epoch if last_submission and start_epoch else None
+        ),
+        "last_job_end_to_run_end": (
+            ended.timestamp() - (last_job_end + offset) if last_job_end and ended else None
+        ),
+        "cpu_busy": cpu_busy,
+        "samples": samples,
+    }
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    def number(value: float | None, spec: str = ".1f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    print(
+        f"\n{args.images} images as {args.images} mapped task instances, {args.parallelism} worker slots "
+        f"(LocalExecutor), {args.job_duration:g} s Novita jobs, poll_interval {args.poll_interval:g} s:\n"
+    )
+    print(
+        "| mode | run | wall s | x job | max running / deferred / queued | TIs retried (race lines) "
+        "| submissions | all submitted s | last job -> end s | CPU busy |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['mode']} | {row['state']} | {number(row['wall'])} | {number(row['x_job'], '.2f')} "
+            f"| {row['max_running']} / {row['max_deferred']} / {row['max_queued']} "
+            f"| {row['tis_with_retries']} ({row['race_log_lines']}) | {row['accepted_submissions']} "
+            f"| {number(row['all_submitted_after'])} | {number(row['last_job_end_to_run_end'])} "
+            f"| {row['cpu_busy']:.0%} |"
+        )
+    ideal_sync = math.ceil(args.images / args.parallelism)
+    print(
+        f"\nTargets: deferrable <= 1.5 x job ({1.5 * args.job_duration:g} s); in the worker about "
+        f"{ideal_sync} x job ({ideal_sync * args.job_duration:g} s) by construction."
+    )
+    for row in rows:
+        print(
+            f"- {row['mode']}: task instances {row['ti_states']}, "
+            f"{row['deferred_at_least_once']} seen deferred, "
+            f"{row['earlier_tries_in_history']} earlier tries in task_instance_history, emulator tasks "
+            f"{row['tasks_by_status']}, most submissions of one image {row['submissions_by_image_max']}."
+        )
+
+
+def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM would otherwise end this process without running the finally blocks that stop Airflow.
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=50, help="images, one per mapped task instance (50)")
+    parser.add_argument("--job-duration", type=float, default=20.0, help="seconds per Novita job (20)")
+    parser.add_argument("--poll-interval", type=float, default=2.0, help="the operator's poll_interval (2)")
+    parser.add_argument("--parallelism", type=int, default=2, help="[core] parallelism: worker slots (2)")
+    parser.add_argument("--skip-sync", action="store_true", help="only the deferrable run")
+    parser.add_argument("--skip-deferrable", action="store_true", help="only the run in the worker")
+    parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between DB reads (0.5)")
+    parser.add_argument("--keep-home", action="store_true", help="keep the temporary AIRFLOW_HOME and logs")
+    parser.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    if args.images < 1 or args.parallelism < 1 or args.job_duration <= 0:
+        parser.error("--images and --parallelism must be at least 1, --job-duration positive")
+    modes = [m for m, skip in ((True, args.skip_deferrable), (False, args.skip_sync)) if not skip]
+    if not modes:
+        parser.error("--skip-sync and --skip-deferrable together leave nothing to run")
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+
+    home = Path(tempfile.mkdtemp(prefix="novita-deferral-bench-"))
+    rows: list[dict[str, Any]] = []
+    emulator = EmulatorServer(EmulatorConfig(api_key=API_KEY, job_duration=args.job_duration))
+    cluster: AirflowCluster | None = None
+    failed = True
+    try:
+        emulator.start()
+        images = [f"{emulator.base_url}/samples/landscape.png?copy={i:03d}" for i in range(args.images)]
+        (home / "dags").mkdir()
+        (home / "dags" / "novita_deferral_bench.py").write_text(
+            DAG_FILE.format(
+                images=images,
+                dags=[(DAG_IDS[d], d) for d in modes],
+                task_id=TASK_ID,
+                poll_interval=args.poll_interval,
+                retry_delay=RETRY_DELAY_SECONDS,
+            )
+        )
+        api_port = free_port()
+        env = airflow_env(home, api_port, emulator, args.parallelism)
+        cluster = AirflowCluster(home, env, f"http://127.0.0.1:{api_port}")
+        print(f"Airflow home: {home}; migrating the database ...", file=sys.stderr, flush=True)
+        cluster.run_cli("db-migrate", "db", "migrate", timeout=MIGRATE_TIMEOUT)
+        cluster.start("api-server", "--host", "127.0.0.1", "--port", str(api_port))
+        cluster.start("dag-processor")
+        cluster.start("scheduler")
+        cluster.start("triggerer")
+        with httpx.Client(base_url=cluster.api_url, timeout=60) as client:
+            wait_until_ready(cluster, client, [DAG_IDS[d] for d in modes])
+            print("Airflow is ready.", file=sys.stderr, flush=True)
+            for deferrable in modes:
+                rows.append(measure_run(cluster, client, emulator, args, deferrable))
+                print(f"  -> {rows[-1]['state']} in {rows[-1]['wall']} s", file=sys.stderr, flush=True)
+        failed = False
+    finally:
+        if cluster is not None:
+            not_stopped = cluster.stop()
+            if not_stopped:
+                print(f"needed SIGKILL after SIGTERM: {not_stopped}", file=sys.stderr)
+            if failed:
+                for name in cluster.processes:
+                    print(f"===== {name} =====\n{cluster.tail(name)}", file=sys.stderr)
+        emulator.stop()
+        if args.keep_home or failed:
+            print(f"Airflow home kept: {home}", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+    report(rows, args)
+    if args.output:
+        figures = {
+            "images": args.images,
+            "job_duration": args.job_duration,
+            "poll_interval": args.poll_interval,
+            "parallelism": args.parallelism,
+            "runs": rows,
+        }
+        args.output.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
