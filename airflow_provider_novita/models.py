@@ -201,7 +201,7 @@ def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResultImage:
     """One output image of a finished task. ``image_url`` is temporary: download it promptly."""
 
@@ -228,7 +228,8 @@ class ResultImage:
         }
 
 
-@dataclass(frozen=True)
+# Slots: a triggerer holds one per task in flight, tens of thousands of them.
+@dataclass(frozen=True, slots=True)
 class TaskResult:
     """
     The parsed answer of ``GET /v3/async/task-result`` for one task.

@@ -6,15 +6,23 @@ triggerer), :meth:`NovitaHook.wait_for_tasks` (sync, in the worker) and :class:`
 (one round per poke, in any mode). Each of them only fetches the ids :meth:`BatchPoller.pending`
 names, hands the answers to :meth:`BatchPoller.record`, and sleeps :meth:`BatchPoller.next_delay`.
 
-The default pace: the first poll comes ``poll_interval`` (2 s) after the wait starts; after that the
-wait between polls grows with the time already waited, ``poll_interval + 0.5 * elapsed``, up to
-``max_poll_interval`` (30 s). That is the same schedule as multiplying each wait by 1.5, but it
-depends only on the start time, so a sensor in ``reschedule`` mode, which is a new process at every
-poke, keeps the pace without remembering how many polls it made. When Novita reports an ``eta`` for
-a task, the wait is that eta instead, kept within the same bounds. Waits carry +/-20% jitter, the
-first one +/-50%: tasks deferred together (a mapped task, a DAG run fanning out) would otherwise
-poll in lock-step, and a burst of simultaneous polls is what stalls a triggerer's event loop. A
-batch is one request per unfinished task per round: finished tasks are never polled again.
+Requests are what a wait costs (each is most of a millisecond of the triggerer's CPU), so the pace
+spends as few as it can without noticing a finished task late:
+
+* the first poll of a task comes ``poll_interval`` (2 s) after the wait starts, +/-50% jitter, so
+  that tasks deferred together (a mapped task, a DAG run fanning out) do not poll in lock-step;
+* when Novita reports an ``eta``, the next poll comes when the eta has passed, never before it: its
+  jitter only lengthens the wait, by up to 5% plus a quarter second. With an exact eta a task costs
+  two requests, one to learn the eta and one to see it done. An eta is followed past
+  ``max_poll_interval`` (that cap bounds guessing), but not past :data:`MAX_ETA_WAIT`, in case it
+  is wrong;
+* without an eta, the wait grows with the time already waited, ``poll_interval + 0.5 * elapsed``,
+  up to ``max_poll_interval`` (30 s), +/-20% jitter. That is the schedule of multiplying each wait
+  by 1.5, but it depends only on the start time, so a sensor in ``reschedule`` mode, which is a new
+  process at every poke, keeps the pace without remembering how many polls it made.
+
+Every task of a batch keeps its own next poll time, and a round polls only the tasks that are due,
+never one whose eta has not passed. Finished tasks are never polled again.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from airflow_provider_novita.models import TaskResult, failures, unfinished
 from airflow_provider_novita.retries import is_transient
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,11 @@ DEFAULT_POLL_INTERVAL = 2.0
 DEFAULT_MAX_POLL_INTERVAL = 30.0
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
+# The longest wait an eta can ask for: Novita's eta is a forecast, and a wrong one must not hide a
+# finished task for long.
+MAX_ETA_WAIT = 600.0
+# A poll right at the eta may still find the task running; this much later it rarely does.
+ETA_MARGIN = 0.25
 # Seconds between progress lines while no task of a batch changes status.
 PROGRESS_LOG_INTERVAL = 60.0
 
@@ -61,8 +74,9 @@ class PollingPolicy:
     :param poll_interval: seconds before the first poll, and the shortest wait between two polls.
     :param max_poll_interval: the longest wait between two polls.
     :param backoff: factor by which the wait grows from one poll to the next while Novita gives no eta.
-    :param jitter: fraction by which each wait is randomly shortened or lengthened.
+    :param jitter: fraction by which each wait without an eta is randomly shortened or lengthened.
     :param first_jitter: the same for the wait before the first poll.
+    :param eta_jitter: fraction by which a wait for an eta is randomly lengthened (never shortened).
     """
 
     poll_interval: float = DEFAULT_POLL_INTERVAL
@@ -70,6 +84,7 @@ class PollingPolicy:
     backoff: float = 1.5
     jitter: float = 0.2
     first_jitter: float = 0.5
+    eta_jitter: float = 0.05
 
     def __post_init__(self) -> None:
         if self.max_poll_interval < self.poll_interval:
@@ -101,12 +116,17 @@ class PollingPolicy:
             )
         return cls(interval, cap)
 
-    def delay(self, elapsed: float, eta: float | None, rng: random.Random, *, first: bool = False) -> float:
+    def first_delay(self, rng: random.Random) -> float:
+        """Seconds from the start of the wait to a task's first poll."""
+        return self.poll_interval * (1 + self.first_jitter * rng.uniform(-1.0, 1.0))
+
+    def delay(self, elapsed: float, eta: float | None, rng: random.Random) -> float:
         """Seconds to wait before the next poll of a task, ``elapsed`` seconds into the wait."""
-        wanted = eta if eta else self.poll_interval + (self.backoff - 1) * elapsed
-        bounded = min(max(wanted, self.poll_interval), self.max_poll_interval)
-        jitter = self.first_jitter if first else self.jitter
-        return bounded * (1 + jitter * rng.uniform(-1.0, 1.0))
+        if eta:
+            wanted = min(max(eta, self.poll_interval), MAX_ETA_WAIT)
+            return wanted * (1 + self.eta_jitter * rng.random()) + ETA_MARGIN
+        guessed = min(self.poll_interval + (self.backoff - 1) * elapsed, self.max_poll_interval)
+        return guessed * (1 + self.jitter * rng.uniform(-1.0, 1.0))
 
 
 class BatchPoller:
@@ -118,6 +138,8 @@ class BatchPoller:
     :param end_time: wall-clock deadline, epoch seconds. Absolute, so that a trigger rebuilt after a
         triggerer restart keeps the deadline of the original wait.
     :param started_at: when the wait began (epoch seconds); the pace grows with the time since.
+    :param first_poll_at: when every task is first due; by default the policy's first delay after
+        ``started_at``, drawn per task. A sensor, which pokes at once, passes the current time.
     :param results: results already known, for a wait that resumes (a rescheduled sensor).
     :param consecutive_errors: failed rounds in a row already counted, likewise.
     :param max_consecutive_errors: rounds in a row whose polls failed transiently (after the hook's own
@@ -132,6 +154,7 @@ class BatchPoller:
         end_time: float,
         *,
         started_at: float | None = None,
+        first_poll_at: float | None = None,
         results: Mapping[str, TaskResult] | None = None,
         consecutive_errors: int = 0,
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
@@ -145,7 +168,13 @@ class BatchPoller:
         self.consecutive_errors = consecutive_errors
         self.max_consecutive_errors = max_consecutive_errors
         self.rng = rng or random.Random()
-        self.rounds = 0
+        # Task id -> when its next poll is due (epoch seconds), for unfinished tasks only.
+        self._due = {
+            task_id: self.started_at + policy.first_delay(self.rng)
+            if first_poll_at is None
+            else first_poll_at
+            for task_id in self.pending()
+        }
         self._fatal: str | None = None
         self._last_statuses = ""
         self._last_logged = 0.0
@@ -154,12 +183,24 @@ class BatchPoller:
         """Task ids whose last known status is not final, in batch order, each once."""
         return unfinished(self.task_ids, self.results)
 
-    def record(self, answers: Iterable[TaskResult | BaseException]) -> None:
-        """Take in one round of answers: a result per polled task, or the error its poll ended with."""
+    def due(self, now: float) -> list[str]:
+        """The unfinished task ids a round at ``now`` polls: those due by then."""
+        return [task_id for task_id, at in self._due.items() if at <= now]
+
+    def record(
+        self, polled: Sequence[str], answers: Sequence[TaskResult | BaseException], now: float
+    ) -> None:
+        """Take in one round: the ids polled, answered by ``now``, and each one's result or error."""
         failed_transiently = False
-        for answer in answers:
+        elapsed = max(0.0, now - self.started_at)
+        for task_id, answer in zip(polled, answers, strict=True):
+            eta = None
             if isinstance(answer, TaskResult):
-                self.results[answer.task_id] = answer
+                self.results[task_id] = answer
+                if answer.status.is_terminal:
+                    self._due.pop(task_id, None)
+                    continue
+                eta = answer.eta
             elif isinstance(answer, NovitaTimeoutError):
                 # The deadline came before an answer; outcome() reports the timeout.
                 continue
@@ -170,7 +211,7 @@ class BatchPoller:
                 self._fatal = str(answer)
             else:
                 raise answer
-        self.rounds += 1
+            self._due[task_id] = now + self.policy.delay(elapsed, eta, self.rng)
         self.consecutive_errors = self.consecutive_errors + 1 if failed_transiently else 0
         if self.consecutive_errors >= self.max_consecutive_errors:
             self._fatal = f"polling Novita failed in {self.consecutive_errors} consecutive rounds"
@@ -181,8 +222,7 @@ class BatchPoller:
         results = [self.results.get(task_id) for task_id in self.task_ids]
         if self._fatal is not None:
             return BatchOutcome(OutcomeStatus.ERROR, self.task_ids, results, self._fatal)
-        pending = self.pending()
-        if not pending:
+        if not self._due:
             if failed := failures(results):
                 return BatchOutcome(
                     OutcomeStatus.FAILED, self.task_ids, results, f"{len(failed)} task(s) failed"
@@ -193,21 +233,13 @@ class BatchPoller:
                 OutcomeStatus.TIMEOUT,
                 self.task_ids,
                 results,
-                f"deadline passed with {len(pending)} unfinished",
+                f"deadline passed with {len(self._due)} unfinished",
             )
         return None
 
     def next_delay(self, now: float) -> float:
-        """Seconds until the next round: the soonest any unfinished task wants, never past the deadline."""
-        elapsed = max(0.0, now - self.started_at)
-        first = self.rounds == 0 and not self.results
-        delays = [
-            self.policy.delay(
-                elapsed, self.results[t].eta if t in self.results else None, self.rng, first=first
-            )
-            for t in self.pending()
-        ]
-        return max(0.0, min([*delays, self.end_time - now]))
+        """Seconds until the next round: until the soonest task is due, never past the deadline."""
+        return max(0.0, min(*self._due.values(), self.end_time) - now) if self._due else 0.0
 
     def _log_progress(self) -> None:
         # A line when a task changes status, else one a minute: progress moves every round, and a

@@ -5,15 +5,24 @@ from __future__ import annotations
 import logging
 import random
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_novita.events import OutcomeStatus
 from airflow_provider_novita.exceptions import NovitaAuthError, NovitaServerError, NovitaTimeoutError
 from airflow_provider_novita.models import TaskResult, TaskStatus
-from airflow_provider_novita.polling import BatchPoller, PollingPolicy, to_seconds
+from airflow_provider_novita.polling import (
+    ETA_MARGIN,
+    MAX_ETA_WAIT,
+    BatchPoller,
+    PollingPolicy,
+    to_seconds,
+)
 
-NO_JITTER = PollingPolicy(poll_interval=2, max_poll_interval=30, jitter=0, first_jitter=0)
+NO_JITTER = PollingPolicy(poll_interval=2, max_poll_interval=30, jitter=0, first_jitter=0, eta_jitter=0)
 
 
 def result(task_id: str, status: TaskStatus, eta: float | None = None) -> TaskResult:
@@ -21,7 +30,7 @@ def result(task_id: str, status: TaskStatus, eta: float | None = None) -> TaskRe
 
 
 class TestPolicy:
-    def test_the_wait_grows_with_the_time_waited_from_the_interval_to_the_cap(self) -> None:
+    def test_without_eta_the_wait_grows_with_the_time_waited_to_the_cap(self) -> None:
         rng = random.Random(0)
         elapsed, waits = 0.0, []
         for _ in range(10):
@@ -31,13 +40,27 @@ class TestPolicy:
         # The same schedule as multiplying each wait by 1.5, but derived from the elapsed time alone.
         assert waits == [2.0, 3.0, 4.5, 6.75, 10.12, 15.19, 22.78, 30.0, 30.0, 30.0]
 
-    def test_follows_the_eta_within_bounds(self) -> None:
+    def test_an_eta_is_waited_out_even_past_the_cap_up_to_its_own_limit(self) -> None:
         rng = random.Random(0)
-        assert NO_JITTER.delay(0, 12, rng) == 12
-        assert NO_JITTER.delay(500, 1, rng) == 2  # never more often than poll_interval
-        assert NO_JITTER.delay(0, 600, rng) == 30  # never longer than the cap
+        assert NO_JITTER.delay(0, 12, rng) == 12 + ETA_MARGIN
+        assert NO_JITTER.delay(0, 58, rng) == 58 + ETA_MARGIN  # beyond max_poll_interval (30 s)
+        assert NO_JITTER.delay(0, 5000, rng) == MAX_ETA_WAIT + ETA_MARGIN
+        assert NO_JITTER.delay(500, 1, rng) == 2 + ETA_MARGIN  # never more often than poll_interval
 
-    def test_jitter_spreads_delays_within_its_fraction(self) -> None:
+    @settings(max_examples=300, derandomize=True, database=None)
+    @given(
+        eta=st.floats(min_value=0.01, max_value=MAX_ETA_WAIT),
+        elapsed=st.floats(min_value=0, max_value=10_000),
+        seed=st.integers(min_value=0, max_value=2**32),
+    )
+    def test_never_polls_before_the_eta_and_only_a_little_after(
+        self, eta: float, elapsed: float, seed: int
+    ) -> None:
+        wait = PollingPolicy().delay(elapsed, eta, random.Random(seed))
+        wanted = max(eta, PollingPolicy().poll_interval)
+        assert wanted < wait <= wanted * 1.05 + ETA_MARGIN
+
+    def test_jitter_spreads_guessed_waits_within_its_fraction(self) -> None:
         rng = random.Random(42)
         delays = [
             PollingPolicy(poll_interval=10, max_poll_interval=10).delay(30, None, rng) for _ in range(200)
@@ -47,7 +70,7 @@ class TestPolicy:
 
     def test_the_first_poll_is_spread_widest(self) -> None:
         rng = random.Random(42)
-        delays = [PollingPolicy(poll_interval=10).delay(0, None, rng, first=True) for _ in range(200)]
+        delays = [PollingPolicy(poll_interval=10).first_delay(rng) for _ in range(200)]
         assert 5.0 <= min(delays) < 5.5
         assert 14.5 < max(delays) <= 15.0
 
@@ -84,99 +107,128 @@ class TestPolicyFromArguments:
             to_seconds("timeout", value)  # type: ignore[arg-type]
 
 
+def poller(task_ids: list[str], **kwargs: Any) -> BatchPoller:
+    """A poller whose tasks are all first due at t=0, started at t=0."""
+    kwargs.setdefault("end_time", 1000)
+    return BatchPoller(task_ids, NO_JITTER, started_at=0, first_poll_at=0, **kwargs)
+
+
+def round_at(waiting: BatchPoller, now: float, *answers: TaskResult | BaseException) -> list[str]:
+    """Polls what is due at ``now`` with the given answers, in order; returns the ids polled."""
+    polled = waiting.due(now)
+    waiting.record(polled, list(answers), now)
+    return polled
+
+
 class TestBatchPoller:
-    def test_polls_only_unfinished_tasks_in_order(self) -> None:
-        poller = BatchPoller(["a", "b", "c"], NO_JITTER, end_time=100)
-        assert poller.pending() == ["a", "b", "c"]
-        poller.record(
-            [
-                result("a", TaskStatus.SUCCEED),
-                result("b", TaskStatus.PROCESSING),
-                result("c", TaskStatus.FAILED),
-            ]
+    def test_the_first_polls_of_a_batch_are_spread_per_task(self) -> None:
+        waiting = BatchPoller(
+            ["a", "b", "c", "d"], PollingPolicy(10), end_time=100, started_at=0, rng=random.Random(1)
         )
-        assert poller.pending() == ["b"]
-        assert poller.outcome(now=0) is None
+        firsts = sorted(waiting._due.values())
+        assert len(set(firsts)) == 4
+        assert all(5 <= at <= 15 for at in firsts)
+
+    def test_a_round_polls_only_the_tasks_that_are_due(self) -> None:
+        waiting = poller(["a", "b", "c"])
+        assert round_at(
+            waiting,
+            0,
+            result("a", TaskStatus.PROCESSING, eta=20),
+            result("b", TaskStatus.PROCESSING, eta=5),
+            result("c", TaskStatus.PROCESSING, eta=60),
+        ) == ["a", "b", "c"]
+        assert waiting.next_delay(0) == 5 + ETA_MARGIN
+        assert round_at(waiting, 5.25, result("b", TaskStatus.SUCCEED)) == ["b"]
+        assert waiting.next_delay(5.25) == pytest.approx(20 + ETA_MARGIN - 5.25)
+        assert round_at(waiting, 20.25, result("a", TaskStatus.SUCCEED)) == ["a"]
+        assert waiting.pending() == ["c"]
+        assert waiting.due(30) == []
+
+    def test_a_task_whose_eta_has_not_passed_is_not_polled_with_one_that_is_due(self) -> None:
+        waiting = poller(["a", "b"])
+        round_at(
+            waiting,
+            0,
+            result("a", TaskStatus.PROCESSING, eta=10),
+            result("b", TaskStatus.PROCESSING, eta=10.3),
+        )
+        assert waiting.due(10.25) == ["a"]
+        assert waiting.due(10.55) == ["a", "b"]
 
     def test_success_when_all_succeeded(self) -> None:
-        poller = BatchPoller(["a", "b"], NO_JITTER, end_time=100)
-        poller.record([result("a", TaskStatus.SUCCEED), result("b", TaskStatus.SUCCEED)])
-        outcome = poller.outcome(now=0)
+        waiting = poller(["a", "b"])
+        round_at(waiting, 0, result("a", TaskStatus.SUCCEED), result("b", TaskStatus.SUCCEED))
+        outcome = waiting.outcome(now=0)
         assert outcome is not None
         assert outcome.status is OutcomeStatus.SUCCESS
         assert [r.task_id for r in outcome.results if r] == ["a", "b"]
 
     def test_failed_only_once_every_task_is_final(self) -> None:
-        poller = BatchPoller(["a", "b"], NO_JITTER, end_time=100)
-        poller.record([result("a", TaskStatus.FAILED), result("b", TaskStatus.QUEUED)])
-        assert poller.outcome(now=0) is None
-        poller.record([result("b", TaskStatus.SUCCEED)])
-        outcome = poller.outcome(now=0)
+        waiting = poller(["a", "b"])
+        round_at(waiting, 0, result("a", TaskStatus.FAILED), result("b", TaskStatus.QUEUED))
+        assert waiting.outcome(now=0) is None
+        round_at(waiting, 10, result("b", TaskStatus.SUCCEED))
+        outcome = waiting.outcome(now=10)
         assert outcome is not None
         assert outcome.status is OutcomeStatus.FAILED
 
     def test_timeout_at_the_absolute_deadline(self) -> None:
-        poller = BatchPoller(["a", "b"], NO_JITTER, end_time=100)
-        poller.record([result("a", TaskStatus.SUCCEED), result("b", TaskStatus.PROCESSING)])
-        assert poller.outcome(now=99.9) is None
-        outcome = poller.outcome(now=100)
+        waiting = poller(["a", "b"], end_time=100)
+        round_at(waiting, 0, result("a", TaskStatus.SUCCEED), result("b", TaskStatus.PROCESSING))
+        assert waiting.outcome(now=99.9) is None
+        outcome = waiting.outcome(now=100)
         assert outcome is not None
         assert outcome.status is OutcomeStatus.TIMEOUT
 
     def test_next_delay_never_passes_the_deadline(self) -> None:
-        poller = BatchPoller(["a"], NO_JITTER, end_time=101, started_at=100)
-        assert poller.next_delay(now=100) == 1
-        assert poller.next_delay(now=200) == 0
+        waiting = BatchPoller(["a"], NO_JITTER, end_time=101, started_at=100)
+        assert waiting.next_delay(now=100) == 1
+        assert waiting.next_delay(now=200) == 0
 
     def test_answers_cut_off_by_the_deadline_end_in_a_timeout_not_an_error(self) -> None:
-        poller = BatchPoller(["a", "b"], NO_JITTER, end_time=100)
-        poller.record([result("a", TaskStatus.SUCCEED), NovitaTimeoutError(["b"], "Deadline passed")])
-        assert poller.outcome(now=99) is None
-        outcome = poller.outcome(now=100)
+        waiting = poller(["a", "b"], end_time=100)
+        round_at(waiting, 0, result("a", TaskStatus.SUCCEED), NovitaTimeoutError(["b"], "Deadline passed"))
+        assert waiting.outcome(now=99) is None
+        outcome = waiting.outcome(now=100)
         assert outcome is not None
         assert outcome.status is OutcomeStatus.TIMEOUT
 
     def test_a_resumed_wait_keeps_its_finished_tasks_and_its_pace(self) -> None:
-        poller = BatchPoller(
-            ["a", "b"],
-            NO_JITTER,
-            end_time=1000,
-            started_at=0,
-            results={"a": result("a", TaskStatus.SUCCEED)},
-            consecutive_errors=2,
-        )
-        assert poller.pending() == ["b"]
-        assert poller.consecutive_errors == 2
-        # 20 s into the wait, the wait is 2 + 0.5 * 20, not the first poll's 2 s.
-        assert poller.next_delay(now=20) == 12
+        waiting = poller(["a", "b"], results={"a": result("a", TaskStatus.SUCCEED)}, consecutive_errors=2)
+        assert waiting.pending() == ["b"]
+        assert waiting.consecutive_errors == 2
+        # 20 s into the wait and without an eta, the next wait is 2 + 0.5 * 20, not the first poll's 2 s.
+        round_at(waiting, 20, result("b", TaskStatus.PROCESSING))
+        assert waiting.next_delay(now=20) == 12
 
     def test_an_id_listed_twice_is_polled_once(self) -> None:
-        assert BatchPoller(["a", "a", "b"], NO_JITTER, end_time=100).pending() == ["a", "b"]
-
-    def test_next_delay_is_the_soonest_any_task_wants(self) -> None:
-        poller = BatchPoller(["a", "b"], NO_JITTER, end_time=1000, started_at=0)
-        poller.record([result("a", TaskStatus.PROCESSING, eta=20), result("b", TaskStatus.PROCESSING, eta=5)])
-        assert poller.next_delay(now=0) == 5
+        waiting = poller(["a", "a", "b"])
+        assert waiting.pending() == ["a", "b"]
+        assert waiting.due(0) == ["a", "b"]
 
     def test_tolerates_a_bounded_run_of_transient_failures(self) -> None:
-        poller = BatchPoller(["a"], NO_JITTER, end_time=1000, max_consecutive_errors=3)
+        waiting = poller(["a"], max_consecutive_errors=3)
         flaky = NovitaServerError(503, "", "overloaded", "a")
-        poller.record([flaky])
-        poller.record([flaky])
-        poller.record([result("a", TaskStatus.PROCESSING)])  # a success resets the count
-        poller.record([flaky])
-        poller.record([flaky])
-        assert poller.outcome(now=0) is None
-        poller.record([flaky])
-        outcome = poller.outcome(now=0)
+        for now, answer in [
+            (0, flaky),
+            (10, flaky),
+            (20, result("a", TaskStatus.PROCESSING)),
+            (30, flaky),
+            (40, flaky),
+        ]:
+            waiting.record(["a"], [answer], now)  # a success resets the count
+        assert waiting.outcome(now=40) is None
+        waiting.record(["a"], [flaky], 50)
+        outcome = waiting.outcome(now=50)
         assert outcome is not None
         assert outcome.status is OutcomeStatus.ERROR
         assert "3 consecutive rounds" in outcome.message
 
     def test_a_permanent_error_ends_the_wait_at_once(self) -> None:
-        poller = BatchPoller(["a"], NO_JITTER, end_time=1000)
-        poller.record([NovitaAuthError(403, "INVALID_API_KEY", "invalid api-key", "a")])
-        outcome = poller.outcome(now=0)
+        waiting = poller(["a"])
+        round_at(waiting, 0, NovitaAuthError(403, "INVALID_API_KEY", "invalid api-key", "a"))
+        outcome = waiting.outcome(now=0)
         assert outcome is not None
         assert outcome.status is OutcomeStatus.ERROR
         assert "INVALID_API_KEY" in outcome.message
@@ -184,13 +236,12 @@ class TestBatchPoller:
 
 def test_progress_is_logged_when_a_status_changes_not_every_round(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="airflow_provider_novita.polling")
-    poller = BatchPoller(["a", "b"], NO_JITTER, end_time=1000)
+    waiting = poller(["a", "b"])
     running = [result("a", TaskStatus.PROCESSING, eta=9), result("b", TaskStatus.QUEUED)]
-    poller.record(running)
-    poller.record(running)  # same statuses: no new line
-    poller.record(
-        [result("a", TaskStatus.SUCCEED), TaskResult("b", TaskStatus.PROCESSING, progress_percent=40)]
-    )
+    waiting.record(["a", "b"], running, 0)
+    waiting.record(["a", "b"], running, 10)  # same statuses: no new line
+    succeeded = [result("a", TaskStatus.SUCCEED), TaskResult("b", TaskStatus.PROCESSING, progress_percent=40)]
+    waiting.record(["a", "b"], succeeded, 20)
     assert [r.getMessage() for r in caplog.records] == [
         "Novita batch of 2 task(s): processing 1, queued 1, max eta 9s",
         "Novita batch of 2 task(s): processing 1, succeed 1; progress 40%",

@@ -185,7 +185,8 @@ class NovitaHook(BaseHook):
         poller = BatchPoller(task_ids, policy, end_time)
         while (outcome := poller.outcome(time.time())) is None:
             time.sleep(poller.next_delay(time.time()))
-            poller.record(self.get_task_results(poller.pending(), deadline=end_time))
+            if polled := poller.due(time.time()):
+                poller.record(polled, self.get_task_results(polled, deadline=end_time), time.time())
         return outcome
 
     def test_connection(self) -> tuple[bool, str]:
@@ -308,7 +309,8 @@ class NovitaSession:
         poller = BatchPoller(task_ids, policy, end_time)
         while (outcome := poller.outcome(time.time())) is None:
             await asyncio.sleep(poller.next_delay(time.time()))
-            poller.record(await self.get_task_results(poller.pending(), deadline=end_time))
+            if polled := poller.due(time.time()):
+                poller.record(polled, await self.get_task_results(polled, deadline=end_time), time.time())
         return outcome
 
 

@@ -155,7 +155,8 @@ class TaskResultSensor(BaseSensorOperator):
     def poke(self, context: Context) -> bool | PokeReturnValue:
         poller = self._poller(context)
         pending, errors_before = poller.pending(), poller.consecutive_errors
-        poller.record(self.hook.get_task_results(pending, deadline=poller.end_time))
+        if polled := poller.due(time.time()):
+            poller.record(polled, self.hook.get_task_results(polled, deadline=poller.end_time), time.time())
         self._remember(context, poller, set(pending) - set(poller.pending()), errors_before)
         outcome = poller.outcome(time.time())
         if outcome is None:
@@ -182,6 +183,8 @@ class TaskResultSensor(BaseSensorOperator):
                 self.policy,
                 end_time=self._started_at + self.timeout,
                 started_at=self._started_at,
+                # A sensor pokes when it starts, and a rescheduled poke was timed for the tasks it polls.
+                first_poll_at=time.time(),
                 results=results,
                 consecutive_errors=int(errors.get("count", 0)) if errors.get("try") == try_number else 0,
             )

@@ -252,3 +252,32 @@ async def test_odd_numbers_in_an_answer_do_not_kill_the_wait(fake: FakeNovita, o
     event = await first_event(TaskResultTrigger(ids, "novita_default", 0.01, time.time() + 30))
     assert event.payload["status"] == "success"
     json.dumps(event.payload, allow_nan=False)  # the event stays strict JSON
+
+
+async def test_with_an_exact_eta_each_task_costs_two_polls_and_none_comes_early(fake: FakeNovita) -> None:
+    """A batch whose tasks end at different times: each is polled once to learn its eta, once when done."""
+    ids = [_submit(fake) for _ in range(3)]
+    started = time.time()
+    ends = {task_id: started + 0.6 + 0.4 * index for index, task_id in enumerate(ids)}
+    polled_at: dict[str, list[float]] = {task_id: [] for task_id in ids}
+
+    def exact_eta(request: httpx.Request) -> httpx.Response:
+        task_id = request.url.params["task_id"]
+        now = time.time()
+        polled_at[task_id].append(now)
+        done = now >= ends[task_id]
+        task = {
+            "task_id": task_id,
+            "status": SUCCEED if done else PROCESSING,
+            "eta": 0 if done else ends[task_id] - now,
+        }
+        images = [{"image_url": f"https://cdn.test/{task_id}.png", "image_type": "png"}] if done else []
+        return httpx.Response(200, json={"task": task, "images": images})
+
+    fake.handle = exact_eta  # type: ignore[method-assign]
+    event = await first_event(
+        TaskResultTrigger(ids, "novita_default", 0.05, started + 30, max_poll_interval=0.1)
+    )
+    assert event.payload["status"] == "success"
+    assert {task_id: len(times) for task_id, times in polled_at.items()} == dict.fromkeys(ids, 2)
+    assert all(times[1] >= ends[task_id] for task_id, times in polled_at.items())
