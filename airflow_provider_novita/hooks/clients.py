@@ -32,7 +32,7 @@ from airflow_provider_novita.polling import DEFAULT_MAX_POLL_INTERVAL
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from airflow.sdk import Connection
 
@@ -46,6 +46,11 @@ KEEPALIVE_EXPIRY = DEFAULT_MAX_POLL_INTERVAL + 30.0
 # a semaphore, which is cheap, instead of in httpcore's pool, where handing a connection over costs
 # time in proportion to the queue (measured: a 1000-trigger burst spent 98% of its CPU there).
 MAX_IN_FLIGHT = 32
+# Requests a shared transport starts per second once a burst has used its allowance. A thousand
+# triggers deferred together would otherwise all make their first poll within two seconds, and a
+# loop that busy delays every other trigger on it. A lone job never waits: the allowance is full.
+ADMISSION_RATE = 250.0
+ADMISSION_BURST = 25.0
 
 
 @dataclass(frozen=True)
@@ -195,13 +200,37 @@ def shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+class Admission:
+    """
+    A token bucket: requests start at once while the allowance lasts, then ``rate`` per second.
+
+    Each request reserves its start time when it asks, so waiting requests start in the order they
+    asked, spaced evenly, with one timer each and no lock.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._stamp = clock()
+
+    def delay(self) -> float:
+        """Seconds until the request asking now may start (0 while the allowance lasts)."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate) - 1
+        self._stamp = now
+        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+
+
 @dataclass
 class SharedTransport:
-    """A transport shared by the triggers of one event loop and connection, and its request slots."""
+    """A transport shared by the triggers of one event loop and connection, its slots and admission."""
 
     transport: httpx.AsyncBaseTransport
     owned: bool
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_IN_FLIGHT))
+    admission: Admission = field(default_factory=lambda: Admission(ADMISSION_RATE, ADMISSION_BURST))
     users: int = 0
 
 

@@ -260,10 +260,12 @@ class NovitaSession:
         json: Any = None,
     ) -> Any:
         """The async twin of the hook's sync request loop: the same retries, deadline and errors."""
-        transport, slots = self._shared.transport, self._shared.slots
+        transport, slots, admission = self._shared.transport, self._shared.slots, self._shared.admission
         failures = 0
         while True:
             try:
+                if (wait := admission.delay()) > 0:
+                    await asyncio.sleep(wait)
                 request = _request(self._settings, method, path, task_id, deadline, json)
                 try:
                     async with slots:

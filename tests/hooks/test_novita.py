@@ -319,7 +319,8 @@ async def test_a_shared_client_keeps_at_most_max_in_flight_requests(novita_conn:
         nonlocal in_flight, most
         in_flight += 1
         most = max(most, in_flight)
-        await asyncio.sleep(0.01)
+        # Slow enough that more requests are admitted than slots exist.
+        await asyncio.sleep(0.2)
         in_flight -= 1
         task = {"task_id": request.url.params["task_id"], "status": "TASK_STATUS_FAILED"}
         return httpx.Response(200, json={"task": task})
