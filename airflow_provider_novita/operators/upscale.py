@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_novita.events import BatchOutcome
-from airflow_provider_novita.exceptions import NovitaAPIError, NovitaError, NovitaNotFoundError
+from airflow_provider_novita.exceptions import NovitaAPIError, NovitaNotFoundError
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.models import (
     DEFAULT_OUTPUT_FORMAT,
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 XCOM_TASK_IDS = "task_ids"
 # The task state store namespace of what each image's submission left for a retry.
 STATE_STORE_KEY = "novita_submitted_tasks"
+# Submissions of one batch in flight at once. Novita answers 429 when it wants fewer, and the hook
+# then waits as told; more than a handful in flight would mostly collect 429s.
+DEFAULT_SUBMIT_CONCURRENCY = 8
 # A result URL that expires sooner than this is not worth reattaching to: it would be gone before a
 # downstream task or the download to output_path could use it.
 MIN_URL_LIFETIME = 300.0
@@ -98,6 +102,8 @@ class UpscaleOperator(BaseOperator):
     :param max_poll_interval: the longest wait between polls; by default 30 s, or ``poll_interval``
         if that is longer.
     :param timeout: how long to wait for the whole batch before failing with the unfinished task ids.
+    :param submit_concurrency: submissions of a batch in flight at once (8); task ids keep the input
+        order whatever order Novita answers in.
     :param output_path: where to save the images before the task succeeds: an absolute path, a URI or
         an ``ObjectStoragePath`` of a folder (``/data/upscaled``, ``s3://aws_default@bucket/prefix/``,
         anything Airflow's object storage supports; templated). Each record then gains ``path``. See
@@ -120,9 +126,19 @@ class UpscaleOperator(BaseOperator):
         max_poll_interval: float | timedelta | None = None,
         timeout: float | timedelta = DEFAULT_TIMEOUT,
         output_path: str | ObjectStoragePath | None = None,
+        submit_concurrency: int = DEFAULT_SUBMIT_CONCURRENCY,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if (
+            isinstance(submit_concurrency, bool)
+            or not isinstance(submit_concurrency, int)
+            or submit_concurrency < 1
+        ):
+            raise ValueError(
+                f"submit_concurrency must be a whole number of at least 1; got {submit_concurrency!r}"
+            )
+        self.submit_concurrency = submit_concurrency
         self.image = image
         self.output_path = output_path
         self.resolution = resolution
@@ -184,23 +200,55 @@ class UpscaleOperator(BaseOperator):
         )
 
     def _submit(self, requests: list[UpscaleRequest], context: Context) -> list[str]:
-        """Submit every request, reattaching a retry to the tasks an earlier try already created."""
+        """
+        Submit every request, reattaching a retry to the tasks an earlier try already created.
+
+        Up to ``submit_concurrency`` requests are in flight at once, in threads sharing the hook's
+        connection pool, so a batch holds the worker slot for the time of a few requests rather than
+        of all of them in a row. The state store is only written from this thread (its channel to
+        the supervisor is not made for threads), as each submission completes. After a failure no
+        new submission starts; those already sent are recorded, then the first error is raised.
+        """
         memory = RetryMemory(context, STATE_STORE_KEY)
-        task_ids: list[str] = []
-        for position, request in enumerate(requests):
-            name = request.identity(position)
-            task_id = self._reattach(request, memory.get(name))
-            if task_id is None:
+        names = [request.identity(position) for position, request in enumerate(requests)]
+        earlier = [memory.get(name) for name in names]
+        # The connection and its pool are made here, once: threads must not race to make them, and
+        # must not talk to the supervisor.
+        self.hook.transport  # noqa: B018
+        task_ids: list[str | None] = [None] * len(requests)
+        failure: Exception | None = None
+        with ThreadPoolExecutor(self.submit_concurrency, thread_name_prefix="novita-submit") as pool:
+            pending = {
+                pool.submit(self._submit_one, request, before): position
+                for position, (request, before) in enumerate(zip(requests, earlier, strict=True))
+            }
+            for future in as_completed(pending):
+                if future.cancelled():
+                    continue
+                position = pending[future]
                 try:
-                    task_id = self.hook.submit_upscale(request)
-                except NovitaError as err:
+                    task_ids[position], submitted = future.result()
+                except Exception as err:
                     if may_have_billed(err):
-                        memory.set(name, {"uncertain": _failure_kind(err)})
-                    raise
-                memory.set(name, {"task_id": task_id})
-                self.log.info("Submitted %s to Novita as task %s", redact_url(request.image), task_id)
-            task_ids.append(task_id)
-        return task_ids
+                        memory.set(names[position], {"uncertain": _failure_kind(err)})
+                    failure = failure or err
+                    for waiting in pending:
+                        waiting.cancel()
+                    continue
+                if submitted:
+                    memory.set(names[position], {"task_id": task_ids[position]})
+        if failure is not None:
+            raise failure
+        return [task_id for task_id in task_ids if task_id is not None]
+
+    def _submit_one(self, request: UpscaleRequest, earlier: dict[str, Any]) -> tuple[str, bool]:
+        """The task for ``request``, and whether it was submitted now (False: an earlier try's)."""
+        task_id = self._reattach(request, earlier)
+        if task_id is not None:
+            return task_id, False
+        task_id = self.hook.submit_upscale(request)
+        self.log.info("Submitted %s to Novita as task %s", redact_url(request.image), task_id)
+        return task_id, True
 
     def _reattach(self, request: UpscaleRequest, earlier: dict[str, Any]) -> str | None:
         """The task an earlier try created for ``request``, if it is still worth waiting for."""
@@ -253,7 +301,7 @@ class UpscaleOperator(BaseOperator):
         return "its result URL no longer answers (Novita gave no expiry time)"
 
 
-def _failure_kind(err: NovitaError) -> str:
+def _failure_kind(err: Exception) -> str:
     """What went wrong, in words that name no URL and no key: it is stored for days."""
     if isinstance(err, NovitaAPIError):
         return f"HTTP {err.http_status} {err.reason}".strip()

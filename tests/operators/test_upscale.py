@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -464,3 +466,65 @@ def test_the_sync_client_is_closed_when_the_task_ends(fake: FakeNovita) -> None:
     op = operator(deferrable=False)
     op.execute(context())
     assert "client" not in op.hook.__dict__
+
+
+class TestConcurrentSubmissions:
+    @staticmethod
+    def slow_submissions(fake: FakeNovita, seconds: Callable[[str], float]) -> dict[str, int]:
+        """Submissions answer after ``seconds(image)``; returns the live count of submissions in flight."""
+        serve, lock = fake.handle, threading.Lock()
+        seen = {"now": 0, "most": 0}
+
+        def slow(request: httpx.Request) -> httpx.Response:
+            if not request.url.path.endswith("image-upscaler"):
+                return serve(request)
+            with lock:
+                seen["now"] += 1
+                seen["most"] = max(seen["most"], seen["now"])
+            time.sleep(seconds(json.loads(request.content)["image"]))
+            with lock:
+                seen["now"] -= 1
+                return serve(request)
+
+        fake.handle = slow  # type: ignore[method-assign]
+        return seen
+
+    def test_a_batch_is_submitted_concurrently_and_ids_keep_the_input_order(self, fake: FakeNovita) -> None:
+        images = [f"https://img.test/{n}.png" for n in range(12)]
+        # Later images answer sooner, so Novita's answers arrive out of order.
+        seen = self.slow_submissions(fake, lambda image: 0.01 * (12 - int(image.rsplit("/", 1)[1][:-4])))
+        store = FakeStateStore()
+        ids = operator(image=images, wait_for_completion=False, submit_concurrency=4).execute(context(store))
+        assert seen["most"] == 4
+        by_image = {submission["image"]: f"task-{n}" for n, submission in enumerate(fake.submissions)}
+        assert ids == [by_image[image] for image in images]
+        assert sorted(value["task_id"] for value in store.values.values()) == sorted(ids)
+
+    def test_after_a_failure_no_new_submission_starts_and_those_sent_are_recorded(
+        self, fake: FakeNovita
+    ) -> None:
+        images = [f"https://img.test/{n}.png" for n in range(10)]
+        self.slow_submissions(fake, lambda image: 0.05)
+        serve = fake.handle
+
+        def third_is_refused(request: httpx.Request) -> httpx.Response:
+            if (
+                request.url.path.endswith("image-upscaler")
+                and json.loads(request.content)["image"] == images[2]
+            ):
+                fake.requests.append(request)
+                return error(400, "INVALID_IMAGE_FORMAT", "not an image")
+            return serve(request)
+
+        fake.handle = third_is_refused  # type: ignore[method-assign]
+        store = FakeStateStore()
+        with pytest.raises(NovitaError, match="INVALID_IMAGE_FORMAT"):
+            operator(image=images, wait_for_completion=False, submit_concurrency=3).execute(context(store))
+        submitted = [submission["image"] for submission in fake.submissions]
+        assert len(submitted) < len(images), "submissions stopped after the failure"
+        assert len(store.values) == len(submitted) - 1, "every created task is recorded for the retry"
+
+    @pytest.mark.parametrize("value", [0, -1, 2.5, True, "8"])
+    def test_submit_concurrency_must_be_a_positive_whole_number(self, value: object) -> None:
+        with pytest.raises(ValueError, match="submit_concurrency must be a whole number of at least 1"):
+            UpscaleOperator(task_id="t", image=IMAGES[0], submit_concurrency=value)
