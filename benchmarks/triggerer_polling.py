@@ -1,113 +1,247 @@
 """
-What waiting for many Novita tasks costs the triggerer: ``TaskResultTrigger`` measured like its peers.
+What waiting for Novita jobs costs a triggerer: ``TaskResultTrigger`` beside its peer and the floor.
 
-The project's performance notes measured peers this way: N triggers run as coroutines in one
-event loop, as the triggerer runs them, beside a 10 ms heartbeat that records event-loop lag, each
-polling a loopback job-status server every 5 s until its job finishes 60 s after the start. This
-script does the same with :class:`~airflow_provider_novita.triggers.task_result.TaskResultTrigger`
-against the provider's emulator (``python -m airflow_provider_novita.emulator``), run as a separate
-process on loopback, and prints the peers' figures below ours.
+A triggerer holds every deferred Novita job of a deployment; what a job costs it (requests, CPU,
+memory, event-loop stalls) limits how many images can be in flight. This measures it the way a
+triggerer runs triggers: N triggers as coroutines in one asyncio event loop, in a fresh child
+process per configuration, all started at the same moment (a burst, as when a mapped task defers),
+each waiting for a job that ends ``--job-duration`` (60 s) after the start, beside a 10 ms
+heartbeat that records how late the loop wakes it. The jobs are served by
+``benchmarks/job_status_server.py``, a stateless loopback server in its own process that answers
+like Novita's task-result endpoint (``eta`` = whole seconds left, rounded up) and like an endpoint
+``HttpSensorTrigger`` can poll (404 until the job's end, 200 after). Task ids name their job's end,
+so nothing is submitted and the server does no work but answering.
 
-Configurations (``--policies``), each for ``--triggers`` triggers of ``--tasks-per-trigger`` tasks:
+Rows, in the same run, against the same server:
 
-* ``eta``: the provider's default pace (``poll_interval`` 2 s, ``max_poll_interval`` 30 s): first
-  poll after 2 s +/-50%, then the eta Novita reports (the emulator reports one while processing),
-  within [2 s, 30 s], +/-20%. The point of it: fewer requests per job than fixed polling.
-* ``fixed``: ``poll_interval=5, max_poll_interval=5``, the closest match to the peers' fixed 5 s
-  pace (first poll 5 s +/-50%, then 5 s +/-20%): compares CPU per poll and lag like for like.
-* ``floor``: the same pace with ``asyncio.sleep`` only, no HTTP and no trigger: what this machine
-  spends on timers alone. The peers' first row is the same floor measured on their machine.
+* ``floor``: sleep only, no HTTP, at the peer's pace (wake every 5 s until the job's end): what the
+  machine and the harness spend on N coroutines and the heartbeat alone.
+* ``peer``: ``HttpSensorTrigger`` of apache-airflow-providers-http (aiohttp, a new session and TCP
+  connection per poke, first poke at once, then every ``poke_interval``), at 5 s: what a user
+  would otherwise pick.
+* ``ours``: ``TaskResultTrigger`` with the provider's default pace, Novita reporting an eta; the
+  same without eta; fixed 5 s (``poll_interval=5, max_poll_interval=5``); batches of 10 tasks per
+  trigger (N/10 triggers); and over HTTPS (peer and ours with eta), with a self-signed certificate
+  made at run time, trusted by both clients through ``SSL_CERT_FILE`` in the measured process
+  (httpx and aiohttp's default SSL contexts both honour it; no certificate check is turned off).
+* sweep: floor, peer and ours (eta) at other N (100 and 10,000 in-flight jobs, one task each), for
+  the CPU and RSS per job plots.
+* trade-off: ours with eta on and off at several (``poll_interval``, ``max_poll_interval``)
+  settings, and the peer poking every 5, 15 and 30 s, all in one loop (``--tradeoff-triggers``
+  triggers each): requests per job against how late a finished job is detected. The server counts
+  requests per group (the task id's first part); CPU and RSS are not split per group.
+* moonshot: 50,000 jobs in flight (1000 triggers x 50 tasks, eta), judged against one core on
+  average, 500 MB RSS in all and the loop lag target.
 
-How, and why that way:
+Figures, per row:
 
-* Submissions are not measured. The emulator really upscales every submitted image (about 75 ms of
-  CPU per 2k job, on 2 worker threads), so submitting 1000 jobs keeps both cores of this 2-core
-  machine busy for most of a minute: measured during that, every figure would mostly show the
-  emulator's image work. So each configuration first submits its jobs (plain httpx POSTs from the
-  parent process, before the measured process starts), waits until the emulator's CPU is idle, and
-  only then starts the triggers: the measured phase is polling only. So that each job is still
-  ``--job-duration`` (60 s) from its end when the triggers start, as in the peers' setup, the
-  emulator runs with a job duration of ``job_duration + prep_seconds`` and the triggers start
-  ``prep_seconds`` after the median submission. Submissions take a while on a busy emulator, so the
-  jobs' time left at the start spreads around 60 s; the footnotes report the range.
-* Each configuration runs in a fresh child process, the measured one: Airflow imported and the
-  connection looked up once (``NovitaHook.asettings()``) before the clock starts, as on a running
-  triggerer, but no memory left behind by submissions or by an earlier configuration for the
-  allocator to reuse (which would hide RSS growth). GC stays enabled; nothing is frozen.
-  ``AIRFLOW_CONN_NOVITA_DEFAULT`` is set in the child before Airflow is imported.
-* The trigger's own log lines (structlog and stdlib, INFO) are kept, as the triggerer keeps them, and
-  go to a file (the child's stdout); their count is reported.
-* Between configurations the emulator is reset (``POST /_emulator/reset``), so its counters start at 0.
+* ``req/job``: requests the server answered for the row (task-result or peer endpoint), per job; for
+  the floor, wake-ups per job.
+* ``CPU/job``: CPU time of the measured process (all threads, ``time.process_time``) from the burst
+  to the last event, per job; ``cores``: the same CPU over the wall time. Includes the heartbeat
+  and Airflow's logging of the triggers' lines (to a file), as a triggerer would log them.
+* ``RSS``: resident memory when the burst starts against the peak (sampled every 50 ms), per
+  trigger and per job; ``over floor``: minus what the floor holds for the same number of
+  coroutines (its growth per coroutine, at the same N where measured), per job: the provider's own
+  state per job.
+* ``lag``: how late the 10 ms heartbeat woke, p50 / p99 / max, over the whole window.
+* ``delay``: when a trigger fired minus its job's end, p50 / max.
+* ``TCP``: connections the server accepted on the row's listener (exact, also for aiohttp).
+* ``wall``: from the burst to the last event.
 
-Figures, per configuration:
+Before the window each measured process imports everything, looks its connection up and runs one
+trigger of each kind against a finished job, as a running triggerer would have done long before;
+the server's counters are reset after that. GC stays enabled; nothing is frozen. Triggers that
+have not fired ``--grace`` seconds after the jobs' end are cut off and counted.
 
-* ``wall``: from creating the triggers to the last event;
-* ``polls``: ``GET /v3/async/task-result`` requests the emulator served (``/_emulator/stats``); for
-  ``floor`` the number of wake-ups; ``/job`` divides by the number of Novita jobs;
-* ``CPU/poll``: CPU time of the measured process (all threads, ``time.process_time``) over the wall
-  window, divided by polls: it includes the heartbeat and timers, like the peers' figure;
-* ``RSS/trig``: RSS when the triggers start vs. the peak sampled by the heartbeat, per trigger
-  (``/job``: per Novita job, which is what batching reduces);
-* ``lag``: how late the 10 ms heartbeat woke, p50 / p99 / max;
-* ``TCP``: TCP connections the measured process opened, counted exactly (a counter around httpcore's
-  connect) / distinct local ports seen by sampling ``net_connections`` from the parent every 50 ms /
-  most open at once;
-* ``late``: how long after its job's end each trigger fired, p50 / max: what fewer polls cost.
+How to read it: the machine is shared and noisy; compare ratios within one run (ours against the
+peer and the floor), not absolutes across machines, and rerun before trusting a difference under
+~30%. A lag max of seconds, or ``cut-off`` events, mean the loop was saturated.
 
-How to read them: the machine is noisy and shared; compare ratios (ours against our ``floor``, ``eta``
-against ``fixed``, ``fixed`` against the peers' rows relative to their floor), not absolutes, and
-run twice before trusting a difference under ~30%. Warnings in the footnotes (``ConnectTimeout``
-retries on loopback) and a lag max of seconds mean the loop was blocked: the run is saturated, and its
-per-poll figures describe the saturation rather than the steady cost.
+Output, in ``--output-dir`` (default ``benchmarks/results/``): ``latest.json`` (machine, date,
+options, every run and row, the issue's targets as measured), ``latest.md`` (the tables, also
+printed), and the plots ``cpu_per_job.png``, ``rss_per_job.png``, ``loop_lag.png`` and
+``tradeoff.png``. Needs the ``benchmark`` extra (``make benchmark`` installs it in ``.venv-bench``).
 
-Run: ``python benchmarks/triggerer_polling.py`` (1000 triggers of 1 task, 5-7 minutes),
-``--triggers 100 --tasks-per-trigger 10`` for the batch variant, ``--quick`` for a smoke run.
+Flags:
+
+* ``--quick``: smoke run, about 2 minutes: 100 triggers, 4.5 s jobs, sweep 20/100, 20 triggers per
+  trade-off point (pokes 2 and 5 s), moonshot 20 x 10. Figures are not meaningful.
+* ``--only main,sweep,tradeoff,moonshot``: run only these sections (default all).
+* ``--triggers N``: in-flight jobs of the main rows (default 1000).
+* ``--job-duration S``: seconds from the burst to every job's end (default 60).
+* ``--sweep N,N,...``: in-flight jobs of the sweep (default 100,1000,10000; the main rows serve N).
+* ``--tradeoff-triggers N``: triggers per trade-off point (default 100).
+* ``--moonshot TxK``: triggers x tasks per trigger of the moonshot row (default 1000x50).
+* ``--grace S``: seconds after the jobs' end before unfinished triggers are cut off (default 120;
+  the moonshot gets 300).
+* ``--output-dir DIR``: where results go (default ``benchmarks/results``).
+* ``--keep-logs``: keep the work directory (the measured processes' and the server's logs).
+
+Run: ``python benchmarks/triggerer_polling.py`` (about 30 minutes), or ``make benchmark``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import datetime
 import json
 import os
-import random
-import re
+import platform
+import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
+from job_status_server import make_task_id, write_self_signed_certificate
 
-API_KEY = "emulator-key"
+HERE = Path(__file__).resolve().parent
+SERVER_SCRIPT = HERE / "job_status_server.py"
 CONN_ID = "novita_default"
+PEER_CONN_ID = "http_peer"
+API_KEY = "benchmark-key"
 HEARTBEAT = 0.01
-SAMPLE_EVERY = 0.05
-POLICIES = ("eta", "fixed", "floor")
-# Emulator CPU below this share of one core, twice in a row, counts as idle.
-IDLE_CPU_SHARE = 0.03
-IDLE_WINDOW = 0.5
+# RSS is read every this many heartbeats (50 ms): often enough for the peak, cheap enough not to be lag.
+RSS_EVERY = 5
+LAG_BIN = 0.5
+SECTIONS = ("main", "sweep", "tradeoff", "moonshot")
+# (poll_interval, max_poll_interval) of the trade-off curve; None: the provider's defaults.
+TRADEOFF_SETTINGS: tuple[tuple[float, float] | None, ...] = ((1, 10), None, (5, 60), (5, 5))
+TRADEOFF_POKES = (5.0, 15.0, 30.0)
+QUICK_TRADEOFF_POKES = (2.0, 5.0)
+PEER_POKE = 5.0
+# Other processes using more than this share of the machine during a run get a note under the tables.
+OTHER_CORES_NOTE = 0.2
+MOONSHOT_GRACE = 300.0
+# The issue's targets.
+TARGET_REQUESTS_PER_JOB = 2.2
+TARGET_CPU_RATIO = 3.0
+TARGET_STATE_PER_TASK_KB = 3.0
+TARGET_LAG_P99_MS = 10.0
+TARGET_LAG_MAX_VS_FLOOR = 2.0
+TARGET_MOONSHOT_CORES = 1.0
+TARGET_MOONSHOT_RSS_MB = 500.0
 
-PEERS = """\
-Peers, from the project's performance notes (their machine: 2 cores, fixed 5 s polls, 60 s jobs):
-| peer                                   | CPU/poll    | RSS/trig   | lag p99 / max ms  | TCP conns    |
-| sleep only (the floor)                 | 0.14-0.15ms | 16 KB      | 1 / 3-128         | 0            |
-| HttpSensorTrigger (aiohttp, 6.3.0)     | 1.5 ms      | 45 KB      | 66-72 / 450-480   | one per poll |
-| httpx, one AsyncClient shared by all   | 1.7-1.9 ms  | 12 KB      | 9-11 / 115-122    | ~35 in all   |
-| httpx, one AsyncClient per trigger run | 4.2-4.5 ms  | 815-856 KB | 118-126 / 460-600 | one per poll |
-| httpx, new AsyncClient per poll        | 32 ms       | 400-630 KB | 210 / 12400       | one per poll |
-| HttpSensorTrigger, HTTPS               | 2.6 ms      | 132 KB     | 142 / 779         | one per poll |
-| httpx shared client, HTTPS             | 2.2 ms      | 12 KB      | 13 / 121          | ~50 in all   |
-(all N=1000 triggers of one job)"""
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+# --------------------------------------------------------------------------------------------------
+# What is run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    """
+    Triggers of one kind and pace, started together.
+
+    ``poll_interval`` None is the provider's default pace (resolved in the measured process, from the
+    provider itself); ``max_poll_interval`` None leaves the trigger's own default.
+    """
+
+    kind: str  # floor | peer | ours
+    triggers: int
+    tasks_per_trigger: int = 1
+    eta: bool = True
+    poll_interval: float | None = None
+    max_poll_interval: float | None = None
+    poke_interval: float = PEER_POKE  # the peer's pace, and the floor's
+
+    @property
+    def jobs(self) -> int:
+        return self.triggers * self.tasks_per_trigger
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured process: its groups all start in the same burst."""
+
+    name: str
+    section: str
+    groups: tuple[Group, ...]
+    job_duration: float
+    grace: float
+    scheme: str = "http"
+    # The line of the sweep plots this run is a point of, if any.
+    series: str | None = None
+
+    @property
+    def jobs(self) -> int:
+        return sum(group.jobs for group in self.groups)
+
+    @property
+    def triggers(self) -> int:
+        return sum(group.triggers for group in self.groups)
+
+
+def plan(args: argparse.Namespace) -> list[Run]:
+    n, duration, grace = args.triggers, args.job_duration, args.grace
+    runs: list[Run] = []
+
+    def single(name: str, section: str, group: Group, **kwargs: Any) -> Run:
+        return Run(name, section, (group,), duration, grace, **kwargs)
+
+    def trio(n: int, section: str, suffix: str) -> list[Run]:
+        return [
+            single(f"floor{suffix}", section, Group("floor", n), series="floor"),
+            single(f"peer-5s{suffix}", section, Group("peer", n), series="peer"),
+            single(f"ours-eta{suffix}", section, Group("ours", n), series="ours"),
+        ]
+
+    if "main" in args.only:
+        runs += trio(n, "main", "")
+        runs += [
+            single("ours-no-eta", "main", Group("ours", n, eta=False)),
+            single("ours-fixed-5s", "main", Group("ours", n, poll_interval=5, max_poll_interval=5)),
+            single(f"ours-batch-{n // 10}x10", "main", Group("ours", n // 10, tasks_per_trigger=10)),
+            single("peer-5s-https", "main", Group("peer", n), scheme="https"),
+            single("ours-eta-https", "main", Group("ours", n), scheme="https"),
+        ]
+    if "sweep" in args.only:
+        for size in args.sweep:
+            if size != n or "main" not in args.only:
+                runs += trio(size, "sweep", f"-{size}")
+    if "tradeoff" in args.only:
+        t = args.tradeoff_triggers
+        groups = [
+            Group(
+                "ours", t, eta=eta, poll_interval=s[0] if s else None, max_poll_interval=s[1] if s else None
+            )
+            for s in TRADEOFF_SETTINGS
+            for eta in (True, False)
+        ]
+        groups += [Group("peer", t, poke_interval=poke) for poke in args.tradeoff_pokes]
+        runs.append(
+            Run("tradeoff", "tradeoff", tuple(groups), duration, max(grace, 2 * max(args.tradeoff_pokes)))
+        )
+    if "moonshot" in args.only:
+        triggers, tasks = args.moonshot
+        runs.append(
+            Run(
+                "moonshot",
+                "moonshot",
+                (Group("ours", triggers, tasks),),
+                duration,
+                max(grace, MOONSHOT_GRACE),
+            )
+        )
+    return runs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,183 +249,193 @@ Peers, from the project's performance notes (their machine: 2 cores, fixed 5 s p
 # --------------------------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
 class Heartbeat:
     """Wakes every 10 ms on the loop; while recording, keeps how late it woke and the peak RSS."""
 
     def __init__(self, process: psutil.Process) -> None:
         self.process = process
-        self.lags: list[float] = []
+        self.samples: list[tuple[float, float]] = []
         self.peak_rss = 0
         self.recording = False
         self.stopped = False
 
     def start_recording(self) -> None:
-        self.lags.clear()
+        self.samples.clear()
         self.peak_rss = self.process.memory_info().rss
         self.recording = True
 
     async def run(self) -> None:
+        beats = 0
         while not self.stopped:
             before = time.perf_counter()
             await asyncio.sleep(HEARTBEAT)
-            lag = time.perf_counter() - before - HEARTBEAT
+            now = time.perf_counter()
             if self.recording:
-                self.lags.append(lag)
-                self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+                self.samples.append((now, now - before - HEARTBEAT))
+                beats += 1
+                if beats % RSS_EVERY == 0:
+                    self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+
+    def timeline(self, since: float) -> list[tuple[float, float]]:
+        """The worst lag in each ``LAG_BIN`` seconds, in ms, against seconds since ``since``."""
+        bins: dict[int, float] = {}
+        for at, lag in self.samples:
+            key = int((at - since) / LAG_BIN)
+            bins[key] = max(bins.get(key, 0.0), lag)
+        return [(round(key * LAG_BIN, 2), round(lag * 1e3, 3)) for key, lag in sorted(bins.items())]
 
 
-def count_tcp_connects() -> list[int] | None:
-    """Counts every TCP connect httpcore's async backend makes in this process (private API: may vanish)."""
-    try:
-        from httpcore._backends.auto import AutoBackend
-    except ImportError:
-        return None
-    counter = [0]
-    original = AutoBackend.connect_tcp
-
-    async def connect_tcp(self: Any, *args: Any, **kwargs: Any) -> Any:
-        counter[0] += 1
-        return await original(self, *args, **kwargs)
-
-    AutoBackend.connect_tcp = connect_tcp  # type: ignore[method-assign]
-    return counter
-
-
-async def sleep_only(end: float, rng: random.Random) -> int:
-    """The floor: the fixed pace's waits, with nothing done on waking; returns the wake-ups."""
-    from airflow_provider_novita.polling import PollingPolicy
-
-    policy = PollingPolicy(5.0, 5.0)
+async def sleep_only(end: float, interval: float) -> tuple[str, int]:
+    """The floor: the peer's pace with nothing done on waking; returns the status and the wake-ups."""
     wakeups = 0
-    while time.monotonic() < end:
-        await asyncio.sleep(policy.delay(0.0, None, rng, first=wakeups == 0))
+    while time.time() < end:
+        await asyncio.sleep(interval)
         wakeups += 1
-    return wakeups
+    return "success", wakeups
 
 
-async def fire(trigger: Any) -> tuple[float, str]:
-    """Runs a trigger until its one event, as the triggerer does; returns when, and the status."""
+async def fire(trigger: Any) -> tuple[str, int]:
+    """Runs a trigger until its first event, as the triggerer does; returns the event's status (and 0,
+    as :func:`sleep_only` returns its wake-ups)."""
     events = trigger.run()
     try:
         event = await anext(events)
     finally:
         await events.aclose()
-    return time.monotonic(), str(event.payload["status"])
+    payload = event.payload
+    if payload is True:  # HttpSensorTrigger's success
+        return "success", 0
+    return (str(payload.get("status")) if isinstance(payload, dict) else f"error: {payload!r}"), 0
+
+
+def provider_defaults() -> tuple[float, float]:
+    """The provider's default pace: what an operator left at its defaults gives the trigger."""
+    import inspect
+
+    from airflow_provider_novita.triggers.task_result import TaskResultTrigger
+
+    try:
+        from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL as interval
+    except ImportError:  # the module is the provider's to change; its documented default is 2 s
+        interval = 2.0
+    longest = inspect.signature(TaskResultTrigger).parameters["max_poll_interval"].default
+    return float(interval), float(longest)
+
+
+def make_trigger(
+    group: dict[str, Any], ids: list[str], deadline: float, defaults: tuple[float, float]
+) -> Any:
+    if group["kind"] == "peer":
+        from airflow.providers.http.triggers.http import HttpSensorTrigger
+
+        return HttpSensorTrigger(
+            endpoint=f"/peer/{ids[0]}",
+            http_conn_id=PEER_CONN_ID,
+            method="GET",
+            poke_interval=group["poke_interval"],
+        )
+    from airflow_provider_novita.triggers.task_result import TaskResultTrigger
+
+    interval = group["poll_interval"] if group["poll_interval"] is not None else defaults[0]
+    if group["max_poll_interval"] is None:
+        return TaskResultTrigger(ids, CONN_ID, interval, deadline)
+    return TaskResultTrigger(ids, CONN_ID, interval, deadline, max_poll_interval=group["max_poll_interval"])
+
+
+async def warm_up(kinds: set[str], defaults: tuple[float, float]) -> None:
+    """One trigger of each kind against a finished job: imports, connection, SSL context, first use."""
+    for kind in sorted(kinds - {"floor"}):
+        group = {"kind": kind, "poke_interval": 0.1, "poll_interval": 0.1, "max_poll_interval": 0.1}
+        trigger = make_trigger(
+            group, [make_task_id("warm", time.time() - 1, True, 0)], time.time() + 60, defaults
+        )
+        status, _ = await asyncio.wait_for(fire(trigger), 60)
+        if status != "success":
+            raise SystemExit(f"warm-up of {kind} ended with {status}: is the server reachable and trusted?")
 
 
 async def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    from airflow_provider_novita.hooks.novita import NovitaHook
-    from airflow_provider_novita.polling import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL
-    from airflow_provider_novita.triggers.task_result import TaskResultTrigger
-
+    run = spec["run"]
+    groups: list[dict[str, Any]] = run["groups"]
+    kinds = {group["kind"] for group in groups}
     process = psutil.Process()
-    connects = count_tcp_connects()
-    policy: str = spec["policy"]
-    # Warm-up: a running triggerer has long imported Airflow's connection machinery.
-    await NovitaHook(CONN_ID).asettings()
+    defaults = provider_defaults() if "ours" in kinds else (0.0, 0.0)
+    await warm_up(kinds, defaults)
     heartbeat = Heartbeat(process)
     beating = asyncio.create_task(heartbeat.run())
     await asyncio.to_thread(Path(spec["ready_path"]).touch)
-    go = json.loads(await asyncio.to_thread(sys.stdin.readline))
-    await asyncio.sleep(max(0.0, go["start_at"] - time.monotonic()))
+    await asyncio.to_thread(sys.stdin.readline)
+    # From here on the parent may only die by closing our stdin: then stop at once.
+    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(3)), daemon=True).start()
 
     heartbeat.start_recording()
     rss_before = heartbeat.peak_rss
-    connects_before = connects[0] if connects else 0
     cpu_before = time.process_time()
-    started = time.monotonic()
-    per_trigger: int = spec["tasks_per_trigger"]
-    wakeups = 0
-    fired: list[tuple[float, str]] = []
-    if policy == "floor":
-        rng = random.Random()
-        end = started + spec["job_duration"]
-        wakeups = sum(await asyncio.gather(*(sleep_only(end, rng) for _ in range(spec["triggers"]))))
-    else:
-        interval, longest = (DEFAULT_POLL_INTERVAL, DEFAULT_MAX_POLL_INTERVAL) if policy == "eta" else (5, 5)
-        ids: list[str] = go["task_ids"]
-        end_time = time.time() + 600
-        triggers = [
-            TaskResultTrigger(ids[i : i + per_trigger], CONN_ID, interval, end_time, longest)
-            for i in range(0, len(ids), per_trigger)
-        ]
-        fired = list(await asyncio.gather(*(fire(trigger) for trigger in triggers)))
-    finished = time.monotonic()
+    origin = time.perf_counter()
+    started = time.time()
+    end = started + run["job_duration"]
+    # Our triggers' own deadline is the grace's end; the cut-off comes later, so that they report it.
+    limit = run["job_duration"] + run["grace"] + 10
+    # Every trigger is made, then all start in the same loop iteration: a burst, as a mapped task defers.
+    coroutines = []
+    for index, group in enumerate(groups):
+        per = group["tasks_per_trigger"]
+        for number in range(group["triggers"]):
+            if group["kind"] == "floor":
+                coroutines.append((index, sleep_only(end, group["poke_interval"])))
+                continue
+            ids = [make_task_id(f"g{index}", end, group["eta"], number * per + i) for i in range(per)]
+            coroutines.append((index, fire(make_trigger(group, ids, end + run["grace"], defaults))))
+    fired: list[tuple[int, float | None, str, int]] = []
+    errors: set[str] = set()
+
+    async def timed(index: int, waiting: Any) -> None:
+        try:
+            status, wakeups = await waiting
+        except Exception as err:  # a trigger that raises fails its task on a triggerer: count it
+            errors.add(f"{type(err).__name__}: {err}")
+            fired.append((index, None, f"raised {type(err).__name__}", 0))
+        else:
+            fired.append((index, time.time() - end, status, wakeups))
+
+    tasks = [asyncio.create_task(timed(index, waiting)) for index, waiting in coroutines]
+    _, pending = await asyncio.wait(tasks, timeout=limit)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    finished = time.perf_counter()
     cpu = time.process_time() - cpu_before
+    rss_end = process.memory_info().rss
     heartbeat.stopped = True
     await beating
-    lags = heartbeat.lags
+    lags = [lag for _, lag in heartbeat.samples]
+    cut_off = Counter(index for index, _ in coroutines)
+    cut_off.subtract(index for index, *_ in fired)
     return {
-        "started": started,
-        "wall": finished - started,
+        "wall": finished - origin,
         "cpu": cpu,
         "rss_before": rss_before,
-        "rss_peak": heartbeat.peak_rss,
+        "rss_peak": max(heartbeat.peak_rss, rss_end),
         "lag_p50": percentile(lags, 0.50),
         "lag_p99": percentile(lags, 0.99),
-        "lag_max": max(lags, default=float("nan")),
-        "connects": None if connects is None else connects[0] - connects_before,
-        "wakeups": wakeups,
-        "fired_at": [at for at, _ in fired],
-        "statuses": dict(Counter(status for _, status in fired)),
+        "lag_max": max(lags, default=None),
+        "timeline": heartbeat.timeline(origin),
+        "fired": fired,
+        "cut_off": {str(index): count for index, count in cut_off.items() if count},
+        "errors": sorted(errors)[:5],
+        "defaults": defaults,
     }
 
 
 def child_main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
-    # Before anything imports Airflow: the env secrets backend serves the connection from here.
-    os.environ["AIRFLOW_CONN_NOVITA_DEFAULT"] = json.dumps(
-        {"conn_type": "novita", "host": spec["url"], "password": API_KEY}
-    )
     result = asyncio.run(measure(spec))
     Path(spec["result_path"]).write_text(json.dumps(result))
 
 
 # --------------------------------------------------------------------------------------------------
-# The parent: emulator, submissions, sampling, report
+# The parent: server, measured processes
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Emulator:
-    process: subprocess.Popen[str]
-    url: str
-    port: int
-
-    @property
-    def ps(self) -> psutil.Process:
-        return psutil.Process(self.process.pid)
-
-    def cpu(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-
-def start_emulator(job_duration: float, log: Path) -> Emulator:
-    command = [
-        *(sys.executable, "-m", "airflow_provider_novita.emulator"),
-        *("--host", "127.0.0.1", "--port", "0", "--queue-seconds", "0"),
-        *("--job-duration", f"{job_duration:.3f}"),
-    ]
-    with log.open("w") as errors:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
-    first: list[str] = []
-    reader = threading.Thread(target=lambda: first.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(60)
-    match = re.search(r"running at (\S+) with API key (\S+)", first[0] if first else "")
-    if match is None:
-        process.kill()
-        raise SystemExit(f"the emulator did not start; see {log}")
-    url = match.group(1).rstrip("/")
-    return Emulator(process, url, int(httpx.URL(url).port or 80))
 
 
 def stop_process(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
@@ -305,96 +449,88 @@ def stop_process(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
         process.wait()
 
 
-async def submit_jobs(url: str, count: int, concurrency: int) -> list[tuple[str, float]]:
-    """POSTs ``count`` upscales; returns each task id with the midpoint of its request (monotonic)."""
-    slots = asyncio.Semaphore(concurrency)
-    body = {"image": f"{url}/samples/landscape.png", "resolution": "2k"}
-    async with httpx.AsyncClient(
-        base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
-    ) as client:
-
-        async def one() -> tuple[str, float]:
-            async with slots:
-                sent = time.monotonic()
-                response = await client.post("/v3/async/image-upscaler", json=body)
-                response.raise_for_status()
-                return str(response.json()["task_id"]), (sent + time.monotonic()) / 2
-
-        return list(await asyncio.gather(*(one() for _ in range(count))))
-
-
-def wait_until_idle(emulator: Emulator, limit: float) -> bool:
-    """Waits until the emulator's image work is over (its CPU idle); False if ``limit`` passed first."""
-    quiet = 0
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        before = emulator.cpu()
-        time.sleep(IDLE_WINDOW)
-        quiet = quiet + 1 if emulator.cpu() - before < IDLE_CPU_SHARE * IDLE_WINDOW else 0
-        if quiet >= 2:
-            return True
-    return False
-
-
 @dataclass
-class ConnectionSampler:
-    """Samples the measured process's TCP connections to the emulator from the parent."""
+class JobServer:
+    process: subprocess.Popen[str]
+    ports: dict[str, int]
+    cert: Path
 
-    pid: int
-    port: int
-    ports: set[tuple[str, int]] = field(default_factory=set)
-    most_open: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
+    @classmethod
+    def start(cls, workdir: Path) -> JobServer:
+        cert, key = write_self_signed_certificate(workdir)
+        command = [sys.executable, str(SERVER_SCRIPT), "--certfile", str(cert), "--keyfile", str(key)]
+        with (workdir / "server.log").open("w") as log:
+            # stdin stays open: the server stops when it closes, however this process ends.
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        first: list[str] = []
+        reader = threading.Thread(target=lambda: first.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(30)
+        try:
+            ports = json.loads(first[0]) if first and first[0] else None
+        except ValueError:
+            ports = None
+        if not ports:
+            stop_process(process)
+            raise SystemExit(f"the job-status server did not start; see {workdir / 'server.log'}")
+        return cls(process, ports, cert)
 
-    def run(self) -> None:
-        process = psutil.Process(self.pid)
-        while not self.stop.wait(SAMPLE_EVERY):
-            try:
-                sockets = process.net_connections(kind="tcp")
-            except psutil.Error:
-                return
-            current = {(s.laddr.ip, s.laddr.port) for s in sockets if s.raddr and s.raddr.port == self.port}
-            self.ports |= current
-            self.most_open = max(self.most_open, len(current))
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.ports['control']}/stats" + ("?reset=1" if reset else "")
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return dict(json.load(response))
+
+    def cpu(self) -> float:
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def stop(self) -> None:
+        stop_process(self.process)
 
 
-@dataclass
-class Config:
-    policy: str
-    triggers: int
-    tasks_per_trigger: int
-    job_duration: float
-    prep_seconds: float
-    concurrency: int
-
-    @property
-    def jobs(self) -> int:
-        return self.triggers * self.tasks_per_trigger
-
-
-def run_config(config: Config, emulator: Emulator, workdir: Path) -> dict[str, Any]:
-    name = f"{config.policy}-{config.triggers}x{config.tasks_per_trigger}"
-    spec = {
-        "policy": config.policy,
-        "triggers": config.triggers,
-        "tasks_per_trigger": config.tasks_per_trigger,
-        "job_duration": config.job_duration,
-        "url": emulator.url,
-        "ready_path": str(workdir / f"{name}.ready"),
-        "result_path": str(workdir / f"{name}.json"),
+def child_env(run: Run, server: JobServer, workdir: Path) -> dict[str, str]:
+    port = server.ports[run.scheme]
+    env = {
+        **os.environ,
+        # A throwaway Airflow home: importing Airflow writes its config there, not in the user's.
+        "AIRFLOW_HOME": str(workdir / "airflow-home"),
+        # The env secrets backend serves both connections, as a deployment's backend would.
+        "AIRFLOW_CONN_NOVITA_DEFAULT": json.dumps(
+            {"conn_type": "novita", "host": f"{run.scheme}://127.0.0.1:{port}", "password": API_KEY}
+        ),
+        "AIRFLOW_CONN_HTTP_PEER": json.dumps(
+            {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": run.scheme}
+        ),
     }
-    spec_path = workdir / f"{name}.spec.json"
+    if run.scheme == "https":
+        # The only trust both clients take without code: httpx's default context and aiohttp's (made
+        # with ssl.create_default_context()) both load SSL_CERT_FILE. Nothing disables verification.
+        env["SSL_CERT_FILE"] = str(server.cert)
+    else:
+        env.pop("SSL_CERT_FILE", None)
+    return env
+
+
+def busy_cpu() -> float:
+    """CPU seconds the whole machine has spent on anything but idling, over all cores."""
+    times = psutil.cpu_times()
+    return float(
+        sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
+    )
+
+
+def run_child(run: Run, server: JobServer, workdir: Path) -> dict[str, Any]:
+    """Runs one measured process; returns its own figures with the server's counters for the window."""
+    spec = {
+        "run": asdict(run),
+        "ready_path": str(workdir / f"{run.name}.ready"),
+        "result_path": str(workdir / f"{run.name}.json"),
+    }
+    spec_path = workdir / f"{run.name}.spec.json"
     spec_path.write_text(json.dumps(spec))
-    log_path = workdir / f"{name}.log"
-    httpx.post(f"{emulator.url}/_emulator/reset", timeout=60).raise_for_status()
-    jobs: list[tuple[str, float]] = []
-    note = ""
-    total_duration = config.job_duration + config.prep_seconds
-    prep_start = time.monotonic()
-    if config.policy != "floor":
-        # Before the child starts importing Airflow, which would slow the submissions and spread them.
-        jobs = asyncio.run(submit_jobs(emulator.url, config.jobs, config.concurrency))
-        note = f"submitted in {time.monotonic() - prep_start:.0f}s"
+    log_path = workdir / f"{run.name}.log"
     with log_path.open("w") as log:
         child = subprocess.Popen(
             [sys.executable, __file__, "--child", str(spec_path)],
@@ -402,147 +538,701 @@ def run_config(config: Config, emulator: Emulator, workdir: Path) -> dict[str, A
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
+            env=child_env(run, server, workdir),
         )
     try:
-        if jobs:
-            idle = wait_until_idle(emulator, config.prep_seconds + 120)
-            note += f", emulator idle after {time.monotonic() - prep_start:.0f}s" + ("" if idle else " (NOT)")
-        ready = Path(spec["ready_path"])
+        ready, deadline = Path(spec["ready_path"]), time.monotonic() + 180
         while not ready.exists():
-            if child.poll() is not None:
-                raise SystemExit(f"the measured process failed; see {log_path}")
-            time.sleep(0.1)
-        now = time.monotonic()
-        aligned = statistics.median(at for _, at in jobs) + config.prep_seconds if jobs else now
-        start_at = max(aligned, now + 0.5)
-        sampler = ConnectionSampler(child.pid, emulator.port)
-        sampling = threading.Thread(target=sampler.run, daemon=True)
-        sampling.start()
-        emulator_cpu = emulator.cpu()
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the measured process of {run.name} did not get ready; see {log_path}")
+            time.sleep(0.05)
+        server.stats(reset=True)
+        server_cpu = server.cpu()
+        machine_before, parent_before = busy_cpu(), time.process_time()
         assert child.stdin is not None
-        child.stdin.write(json.dumps({"start_at": start_at, "task_ids": [i for i, _ in jobs]}) + "\n")
+        child.stdin.write("go\n")
         child.stdin.flush()
-        if child.wait() != 0:
-            raise SystemExit(f"the measured process failed; see {log_path}")
-        sampler.stop.set()
-        sampling.join()
+        try:
+            code = child.wait(run.job_duration + run.grace + 180)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"the measured process of {run.name} did not finish; see {log_path}") from None
+        if code != 0:
+            raise SystemExit(f"the measured process of {run.name} failed ({code}); see {log_path}")
+        stats = server.stats(reset=True)
+        server_cpu = server.cpu() - server_cpu
+        machine_cpu, parent_cpu = busy_cpu() - machine_before, time.process_time() - parent_before
         result: dict[str, Any] = json.loads(Path(spec["result_path"]).read_text())
-        emulator_cpu = emulator.cpu() - emulator_cpu
     finally:
         stop_process(child)
-    stats = httpx.get(f"{emulator.url}/_emulator/stats", timeout=60).json()
-    started = result["started"]
-    left = [total_duration - (started - at) for _, at in jobs]
-    late: list[float] = []
-    for index, fired_at in enumerate(result["fired_at"]):
-        batch = jobs[index * config.tasks_per_trigger : (index + 1) * config.tasks_per_trigger]
-        late.append(fired_at - max(at + total_duration for _, at in batch))
-    with log_path.open() as log:
-        lines = log.readlines()
-    warnings = sum(1 for line in lines if "[warning" in line or "[error" in line or "Traceback" in line)
-    polls = result["wakeups"] if config.policy == "floor" else stats["requests"]["task-result"]
-    if left:
-        note += f", job time left at start {min(left):.1f}-{max(left):.1f}s"
+    lines = log_path.read_text(errors="replace").splitlines()
+    result.update(
+        stats=stats,
+        server_cpu=server_cpu,
+        # What else the machine ran meanwhile: it is shared, and 2 cores leave little room.
+        other_cpu=max(0.0, machine_cpu - parent_cpu - server_cpu - result["cpu"]),
+        log_lines=len(lines),
+        log_warnings=sum(1 for line in lines if "warning" in line.lower() or "error" in line.lower()),
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+
+
+def label(group: Group, defaults: tuple[float, float]) -> str:
+    if group.kind == "floor":
+        return f"sleep only (floor), every {group.poke_interval:g} s"
+    if group.kind == "peer":
+        return f"HttpSensorTrigger, every {group.poke_interval:g} s"
+    interval = group.poll_interval if group.poll_interval is not None else defaults[0]
+    longest = group.max_poll_interval if group.max_poll_interval is not None else defaults[1]
+    pace = "fixed 5 s" if (interval, longest) == (5, 5) else f"{interval:g}-{longest:g} s"
+    if group.poll_interval is None and group.max_poll_interval is None:
+        pace = f"default {pace}"
+    batch = f", {group.triggers}x{group.tasks_per_trigger}" if group.tasks_per_trigger > 1 else ""
+    return f"TaskResultTrigger, {pace}, {'eta' if group.eta else 'no eta'}{batch}"
+
+
+def rounded(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass
+class Measured:
+    run: Run
+    raw: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def listener(self) -> dict[str, int]:
+        return dict(self.raw["stats"]["listeners"].get(self.run.scheme, {}))
+
+    def run_figures(self) -> dict[str, Any]:
+        raw, run = self.raw, self.run
+        growth = max(0, raw["rss_peak"] - raw["rss_before"])
+        return {
+            "name": run.name,
+            "section": run.section,
+            "kinds": sorted({group.kind for group in run.groups}),
+            "scheme": run.scheme,
+            "triggers": run.triggers,
+            "jobs": run.jobs,
+            "job_duration_s": run.job_duration,
+            "grace_s": run.grace,
+            "wall_s": rounded(raw["wall"]),
+            "cpu_s": rounded(raw["cpu"], 3),
+            "cores": rounded(raw["cpu"] / raw["wall"], 3),
+            "rss_before_mb": rounded(raw["rss_before"] / 2**20, 1),
+            "rss_peak_mb": rounded(raw["rss_peak"] / 2**20, 1),
+            "rss_growth_kb": rounded(growth / 1024, 1),
+            "lag_p50_ms": rounded(raw["lag_p50"] and raw["lag_p50"] * 1e3),
+            "lag_p99_ms": rounded(raw["lag_p99"] and raw["lag_p99"] * 1e3),
+            "lag_max_ms": rounded(raw["lag_max"] and raw["lag_max"] * 1e3),
+            "tcp_connections": self.listener.get("accepted"),
+            "max_open_connections": self.listener.get("max_open"),
+            "server_cores": rounded(raw["server_cpu"] / raw["wall"], 3),
+            "other_cores": rounded(raw["other_cpu"] / raw["wall"], 3),
+            "log_lines": raw["log_lines"],
+            "log_warnings_or_errors": raw["log_warnings"],
+            "errors": raw["errors"],
+            "stray_requests": raw["stats"]["requests"].get("-", {}),
+            "timeline": raw["timeline"],
+        }
+
+
+def group_rows(measured: Measured, floors: dict[int, float]) -> list[dict[str, Any]]:
+    """A row per group; CPU, RSS and lag only where the run has one group to give them to."""
+    raw, run = measured.raw, measured.run
+    figures = measured.run_figures()
+    alone = len(run.groups) == 1
+    defaults = tuple(raw["defaults"])
+    rows = []
+    for index, group in enumerate(run.groups):
+        fired = [f for f in raw["fired"] if f[0] == index]
+        delays = [delay for _, delay, _, _ in fired if delay is not None]
+        statuses: dict[str, int] = {}
+        for _, _, status, _ in fired:
+            statuses[status] = statuses.get(status, 0) + 1
+        if cut := raw["cut_off"].get(str(index)):
+            statuses["cut-off"] = cut
+        answers = raw["stats"]["requests"].get(f"g{index}", {})
+        if group.kind == "floor":
+            requests = None
+            per_job = sum(wakeups for *_, wakeups in fired) / group.jobs
+        else:
+            requests = sum(answers.values())
+            per_job = requests / group.jobs
+        row: dict[str, Any] = {
+            "run": run.name,
+            "section": run.section,
+            "series": run.series,
+            "label": ("moonshot: " if run.section == "moonshot" else "")
+            + label(group, defaults)
+            + (", HTTPS" if run.scheme == "https" else ""),
+            "kind": group.kind,
+            "scheme": run.scheme,
+            "triggers": group.triggers,
+            "tasks_per_trigger": group.tasks_per_trigger,
+            "jobs": group.jobs,
+            "eta": group.eta if group.kind == "ours" else None,
+            "poll_interval": (group.poll_interval or defaults[0]) if group.kind == "ours" else None,
+            "max_poll_interval": (group.max_poll_interval or defaults[1]) if group.kind == "ours" else None,
+            "poke_interval": group.poke_interval if group.kind != "ours" else None,
+            "default_pace": group.kind == "ours"
+            and group.poll_interval is None
+            and group.max_poll_interval is None,
+            "requests": requests,
+            "requests_per_job": rounded(per_job),
+            "answers": answers,
+            "delay_p50_s": rounded(percentile(delays, 0.5)),
+            "delay_max_s": rounded(max(delays, default=None)),
+            "statuses": statuses,
+        }
+        if alone:
+            growth = max(0, raw["rss_peak"] - raw["rss_before"])
+            floor = floors.get(group.triggers, floors.get(0))
+            over = None if floor is None else (growth - floor * group.triggers) / group.jobs / 1024
+            row.update(
+                cpu_per_job_ms=rounded(raw["cpu"] / group.jobs * 1e3, 3),
+                rss_per_trigger_kb=rounded(growth / group.triggers / 1024),
+                rss_per_job_kb=rounded(growth / group.jobs / 1024),
+                rss_over_floor_per_job_kb=rounded(over),
+                **{k: figures[k] for k in ("cores", "rss_peak_mb", "lag_p50_ms", "lag_p99_ms", "lag_max_ms")},
+                **{k: figures[k] for k in ("tcp_connections", "max_open_connections", "wall_s")},
+            )
+        rows.append(row)
+    return rows
+
+
+def floor_growth(measured: list[Measured]) -> dict[int, float]:
+    """The floor's RSS growth per coroutine, by N; key 0 is the main rows' floor, the fallback."""
+    floors: dict[int, float] = {}
+    for m in measured:
+        group = m.run.groups[0]
+        if len(m.run.groups) == 1 and group.kind == "floor":
+            per = max(0, m.raw["rss_peak"] - m.raw["rss_before"]) / group.triggers
+            floors[group.triggers] = per
+            if m.run.section == "main":
+                floors[0] = per
+    return floors
+
+
+def find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(key) == value for key, value in match.items()):
+            return row
+    return None
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets against this run's figures; ``met`` is None where a figure is missing."""
+    checks: list[dict[str, Any]] = []
+
+    def check(target: str, measured: str, met: bool | None) -> None:
+        checks.append({"target": target, "measured": measured, "met": met})
+
+    def num(row: dict[str, Any] | None, key: str) -> Any:
+        return None if row is None else row.get(key)
+
+    main = [r for r in rows if r["section"] == "main"]
+    trade = [r for r in rows if r["section"] == "tradeoff"]
+    floor, peer = find(main, kind="floor"), find(main, run="peer-5s")
+    eta, no_eta = find(main, run="ours-eta"), find(main, run="ours-no-eta")
+    batch = next((r for r in main if r["run"].startswith("ours-batch")), None)
+    floor_max = num(floor, "lag_max_ms")
+
+    def lag_ok(row: dict[str, Any]) -> bool | None:
+        p99, worst = row.get("lag_p99_ms"), row.get("lag_max_ms")
+        if p99 is None or worst is None or floor_max is None:
+            return None
+        return bool(p99 <= TARGET_LAG_P99_MS and worst <= TARGET_LAG_MAX_VS_FLOOR * floor_max)
+
+    value = num(eta, "requests_per_job")
+    check(
+        f"1. requests per job with an exact eta <= {TARGET_REQUESTS_PER_JOB:g}",
+        _v(value),
+        _le(value, TARGET_REQUESTS_PER_JOB),
+    )
+    mine, theirs = num(no_eta, "requests_per_job"), num(peer, "requests_per_job")
+    check(
+        "1. requests per job without eta < the peer's at 5 s",
+        f"{_v(mine)} vs {_v(theirs)}",
+        _lt(mine, theirs),
+    )
+    default_no_eta = find(trade, kind="ours", eta=False, default_pace=True)
+    mine, theirs = (
+        num(default_no_eta, "delay_max_s"),
+        num(find(trade, kind="peer", poke_interval=30.0), "delay_max_s"),
+    )
+    check(
+        "1. without eta (default pace), detection delay max <= a fixed 30 s poke's (trade-off run)",
+        f"{_v(mine)} s vs {_v(theirs)} s",
+        _le(mine, theirs),
+    )
+    for scheme, suffix in (("HTTP", ""), ("HTTPS", "-https")):
+        mine = num(find(main, run=f"ours-eta{suffix}"), "cpu_per_job_ms")
+        theirs = num(find(main, run=f"peer-5s{suffix}"), "cpu_per_job_ms")
+        ratio = theirs / mine if mine and theirs else None
+        check(
+            f"2. CPU per job >= {TARGET_CPU_RATIO:g}x less than the peer at 5 s, {scheme}",
+            f"{_v(mine)} vs {_v(theirs)} ms: {_v(ratio and round(ratio, 2))}x less",
+            None if ratio is None else ratio >= TARGET_CPU_RATIO,
+        )
+    mine, theirs = num(batch, "cpu_per_job_ms"), num(eta, "cpu_per_job_ms")
+    check(
+        "3. a batch of 10 costs no more CPU per job than single triggers",
+        f"{_v(mine)} vs {_v(theirs)} ms",
+        _le(mine, theirs),
+    )
+    over = num(batch, "rss_over_floor_per_job_kb")
+    check(
+        f"3. provider state per task (RSS over the floor), batches of 10 <= {TARGET_STATE_PER_TASK_KB:g} KB",
+        f"{_v(over)} KB",
+        _le(over, TARGET_STATE_PER_TASK_KB),
+    )
+    for row in [r for r in main if r["kind"] == "ours"]:
+        check(
+            f"4. loop lag p99 <= {TARGET_LAG_P99_MS:g} ms and max <= {TARGET_LAG_MAX_VS_FLOOR:g}x the "
+            f"floor's, burst of {row['jobs']} jobs: {row['label']}",
+            f"p99 {_v(row['lag_p99_ms'])} ms, max {_v(row['lag_max_ms'])} ms (floor max {_v(floor_max)} ms)",
+            lag_ok(row),
+        )
+    moon = find(rows, section="moonshot")
+    if moon is not None:
+        cores, rss, lag = moon["cores"], moon["rss_peak_mb"], lag_ok(moon)
+        met = _lt(cores, TARGET_MOONSHOT_CORES), _lt(rss, TARGET_MOONSHOT_RSS_MB), lag
+        check(
+            f"5. moonshot, {moon['jobs']} jobs ({moon['triggers']} x {moon['tasks_per_trigger']}): "
+            f"< {TARGET_MOONSHOT_CORES:g} core on average, < {TARGET_MOONSHOT_RSS_MB:g} MB RSS, lag as in 4",
+            f"{_v(cores)} cores, {_v(rss)} MB, lag p99 {_v(moon['lag_p99_ms'])} ms / max "
+            f"{_v(moon['lag_max_ms'])} ms; {_v(moon['requests_per_job'])} requests per job, "
+            f"detection delay max {_v(moon['delay_max_s'])} s, events {moon['statuses']}",
+            None if None in met else all(met),
+        )
+    return checks
+
+
+def _v(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _le(a: float | None, b: float | None) -> bool | None:
+    return None if a is None or b is None else a <= b
+
+
+def _lt(a: float | None, b: float | None) -> bool | None:
+    return None if a is None or b is None else a < b
+
+
+# --------------------------------------------------------------------------------------------------
+# Output: tables, JSON, plots
+# --------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str = "g", unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:{spec}}{unit}"
+
+
+def tables(
+    rows: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    checks: list[dict[str, Any]],
+    context: dict[str, Any],
+) -> str:
+    out = [
+        f"Measured {context['date']} on {context['machine']['summary']}; jobs of "
+        f"{context['options']['job_duration']:g} s; one run each.",
+        "",
+        "| row | jobs | req/job | CPU/job | cores | RSS/job | over floor | lag p50 / p99 / max | "
+        "delay p50 / max | TCP | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["section"] not in ("main", "moonshot"):
+            continue
+        requests = _fmt(row["requests_per_job"], ".1f") + (" wake-ups" if row["kind"] == "floor" else "")
+        lag = (
+            f"{_fmt(row['lag_p50_ms'], '.1f')} / {_fmt(row['lag_p99_ms'], '.1f')} "
+            f"/ {_fmt(row['lag_max_ms'], '.0f')} ms"
+        )
+        delay = f"{_fmt(row['delay_p50_s'], '.1f')} / {_fmt(row['delay_max_s'], '.1f')} s"
+        if row["kind"] == "floor":  # it detects nothing: its "delay" is only its pace
+            delay = "-"
+        problems = {k: v for k, v in row["statuses"].items() if k != "success"}
+        note = f" ({', '.join(f'{k} {v}' for k, v in problems.items())})" if problems else ""
+        out.append(
+            f"| {row['label']}{note} | {row['jobs']} | {requests} "
+            f"| {_fmt(row['cpu_per_job_ms'], '.2f', ' ms')} "
+            f"| {_fmt(row['cores'], '.2f')} | {_fmt(row['rss_per_job_kb'], '.1f', ' KB')} "
+            f"| {_fmt(row['rss_over_floor_per_job_kb'], '.1f', ' KB')} | {lag} | {delay} "
+            f"| {_fmt(row['tcp_connections'])} | {_fmt(row['wall_s'], '.0f', ' s')} |"
+        )
+    sweep = sorted(
+        (r for r in rows if r.get("series") and r["scheme"] == "http"), key=lambda r: (r["jobs"], r["kind"])
+    )
+    if sweep:
+        out += [
+            "",
+            "| in-flight jobs | row | CPU/job | RSS/job | lag p99 / max | req/job |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in sweep:
+            out.append(
+                f"| {row['jobs']} | {row['label']} | {_fmt(row['cpu_per_job_ms'], '.2f', ' ms')} "
+                f"| {_fmt(row['rss_per_job_kb'], '.1f', ' KB')} "
+                f"| {_fmt(row['lag_p99_ms'], '.1f')} / {_fmt(row['lag_max_ms'], '.0f')} ms "
+                f"| {_fmt(row['requests_per_job'], '.1f')} |"
+            )
+    trade = [r for r in rows if r["section"] == "tradeoff"]
+    if trade:
+        out += ["", "| trade-off point | req/job | delay p50 / max |", "|---|---|---|"]
+        for row in sorted(trade, key=lambda r: (r["kind"], not r["eta"], r["requests_per_job"] or 0)):
+            problems = {k: v for k, v in row["statuses"].items() if k != "success"}
+            note = f" ({', '.join(f'{k} {v}' for k, v in problems.items())})" if problems else ""
+            out.append(
+                f"| {row['label']}{note} | {_fmt(row['requests_per_job'], '.2f')} "
+                f"| {_fmt(row['delay_p50_s'], '.1f')} / {_fmt(row['delay_max_s'], '.1f')} s |"
+            )
+    if checks:
+        out += ["", "Issue targets, as measured in this run:", ""]
+        for item in checks:
+            verdict = {True: "met", False: "NOT met", None: "not measured"}[item["met"]]
+            out.append(f"- {item['target']}: {item['measured']} - **{verdict}**")
+    if notes := run_notes(runs):
+        out += ["", "Notes on the runs:", "", *notes]
+    return "\n".join(out)
+
+
+def run_notes(runs: list[dict[str, Any]]) -> list[str]:
+    """What may make a run's figures describe something else than the steady cost."""
+    notes = []
+    for run in runs:
+        found = []
+        if run["errors"]:
+            found.append(f"triggers raised: {'; '.join(run['errors'])}")
+        if run["stray_requests"]:
+            found.append(f"requests the server could not attribute: {run['stray_requests']}")
+        if run["server_cores"] and run["server_cores"] > 0.5:
+            found.append(f"the server used {run['server_cores']:.2f} cores: it may have slowed answers")
+        if run["other_cores"] > OTHER_CORES_NOTE:
+            found.append(f"other processes used {run['other_cores']:.2f} cores meanwhile (shared machine)")
+        if run["log_warnings_or_errors"] and "peer" not in run["kinds"]:
+            # The peer logs a warning for every 404 poke by design; anywhere else a warning means retries.
+            found.append(f"{run['log_warnings_or_errors']} log lines with warnings or errors")
+        if found:
+            notes.append(f"- {run['name']}: " + "; ".join(found))
+    return notes
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in (
+        "apache-airflow",
+        "apache-airflow-providers-http",
+        "airflow-provider-novita",
+        "httpx",
+        "httpcore",
+        "aiohttp",
+        "psutil",
+    ):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    cores = os.cpu_count()
+    memory = psutil.virtual_memory().total / 2**30
+    commit = None
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=HERE, capture_output=True, text=True)
+        if head.returncode == 0:
+            commit = head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    except OSError:
+        pass
     return {
-        "config": config,
-        "result": result,
-        "polls": polls,
-        "late": late,
-        "note": note,
-        "emulator_share": emulator_cpu / result["wall"],
-        "sampled_ports": len(sampler.ports),
-        "most_open": sampler.most_open,
-        "log_lines": len(lines),
-        "warnings": warnings,
+        "cores": cores,
+        "cpu_model": model,
+        "memory_gb": round(memory, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "git_commit": commit,
+        "summary": f"{cores} cores ({model}), {memory:.0f} GB, Python {platform.python_version()}, "
+        f"Airflow {versions['apache-airflow']}, httpx {versions['httpx']}, aiohttp {versions['aiohttp']}",
     }
 
 
-def report(rows: list[dict[str, Any]]) -> None:
-    header = (
-        f"| {'config':<15} | {'wall':>5} | {'polls':>6} | {'/job':>5} | {'CPU/poll':>8} | {'RSS/trig':>9} "
-        f"| {'/job':>7} | {'lag p50/p99/max ms':>18} | {'TCP cnt/smp/open':>16} | {'late p50/max s':>14} |"
+def line_color(run_name: str) -> str:
+    """The same row keeps its colour in every plot; the peer is red, the floor grey, ours blue-green."""
+    for prefix, color in (
+        ("floor", "tab:gray"),
+        ("peer-5s-https", "darkred"),
+        ("peer", "tab:red"),
+        ("ours-eta-https", "navy"),
+        ("ours-eta", "tab:blue"),
+        ("ours-no-eta", "tab:cyan"),
+        ("ours-fixed", "tab:green"),
+        ("ours-batch", "tab:olive"),
+        ("moonshot", "tab:purple"),
+    ):
+        if run_name.startswith(prefix):
+            return color
+    return "black"
+
+
+def coarser(timeline: list[list[float]], wall: float) -> list[tuple[float, float]]:
+    """Bins of about a 60th of the run (at least ``LAG_BIN``), each its worst lag: a readable line."""
+    width = max(LAG_BIN, round(wall / 60 / LAG_BIN) * LAG_BIN)
+    bins: dict[float, float] = {}
+    for at, lag in timeline:
+        key = (at // width) * width
+        bins[key] = max(bins.get(key, 0.0), lag)
+    return sorted(bins.items())
+
+
+def plots(
+    rows: list[dict[str, Any]], runs: list[dict[str, Any]], output: Path, job_duration: float
+) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    written: list[Path] = []
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    colors = {"floor": "tab:gray", "peer": "tab:red", "ours": "tab:blue"}
+    names = {
+        "floor": "sleep only (floor)",
+        "peer": "HttpSensorTrigger, 5 s",
+        "ours": "TaskResultTrigger, eta",
+    }
+
+    sweep = [r for r in rows if r.get("series") and r["scheme"] == "http"]
+    for key, ylabel, filename in (
+        ("cpu_per_job_ms", "CPU per job (ms)", "cpu_per_job.png"),
+        ("rss_per_job_kb", "RSS per job (KB)", "rss_per_job.png"),
+    ):
+        if not sweep:
+            break
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for series in ("floor", "peer", "ours"):
+            points = sorted(
+                (r["jobs"], r[key]) for r in sweep if r["series"] == series and r[key] is not None
+            )
+            if points:
+                xs, ys = zip(*points, strict=True)
+                axes.plot(xs, ys, marker="o", color=colors[series], label=names[series])
+                for x, y in points:
+                    axes.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        # Plain numbers on log axes, and x ticks only where something was measured.
+        axes.set_xticks(sorted({r["jobs"] for r in sweep}))
+        axes.xaxis.set_major_formatter(plain)
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.yaxis.set_major_formatter(plain)
+        axes.yaxis.set_minor_formatter(plain)
+        axes.set_xlabel("jobs in flight (one per trigger, all deferred at once)")
+        axes.set_ylabel(ylabel)
+        axes.set_title(f"{ylabel} in one triggerer event loop")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(output / filename, dpi=120)
+        plt.close(figure)
+        written.append(output / filename)
+
+    timed = {run["name"]: run for run in runs if run["section"] in ("main", "moonshot")}
+    if timed:
+        figure, panels = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        panel_runs = (
+            [n for n in timed if timed[n]["scheme"] == "http" and timed[n]["section"] == "main"],
+            [n for n in timed if timed[n]["scheme"] == "https" or timed[n]["section"] == "moonshot"],
+        )
+        labels = {r["run"]: r["label"] for r in rows}
+        for axes, selected, title in zip(
+            panels, panel_runs, ("HTTP, main rows", "HTTPS rows and the moonshot"), strict=True
+        ):
+            for name in selected:
+                timeline = coarser(timed[name]["timeline"], timed[name]["wall_s"])
+                if timeline:
+                    xs, ys = zip(*timeline, strict=True)
+                    axes.plot(
+                        xs,
+                        [max(y, 0.01) for y in ys],
+                        linewidth=1,
+                        color=line_color(name),
+                        label=labels[name],
+                    )
+            axes.axhline(TARGET_LAG_P99_MS, color="black", linestyle="--", linewidth=0.8, label="10 ms")
+            axes.set_yscale("log")
+            axes.yaxis.set_major_formatter(plain)
+            axes.set_xlabel("seconds since the burst")
+            axes.set_title(title)
+            axes.grid(True, which="both", alpha=0.3)
+            axes.legend(fontsize=7)
+        panels[0].set_ylabel("worst heartbeat lag in each bin (ms)")
+        figure.tight_layout()
+        figure.savefig(output / "loop_lag.png", dpi=120)
+        plt.close(figure)
+        written.append(output / "loop_lag.png")
+
+    trade = [r for r in rows if r["section"] == "tradeoff" and r["delay_p50_s"] is not None]
+    if trade:
+        figure, axes = plt.subplots(figsize=(8, 5))
+        for title, selected, color in (
+            ("TaskResultTrigger, eta", [r for r in trade if r["kind"] == "ours" and r["eta"]], "tab:blue"),
+            (
+                "TaskResultTrigger, no eta",
+                [r for r in trade if r["kind"] == "ours" and not r["eta"]],
+                "tab:cyan",
+            ),
+            ("HttpSensorTrigger, fixed poke", [r for r in trade if r["kind"] == "peer"], "tab:red"),
+        ):
+            if not selected:
+                continue
+            xs = [r["delay_p50_s"] for r in selected]
+            ys = [r["requests_per_job"] for r in selected]
+            spread = [[0] * len(selected), [max(0.0, r["delay_max_s"] - r["delay_p50_s"]) for r in selected]]
+            # Points, not a line: the settings are not an ordered series.
+            axes.errorbar(xs, ys, xerr=spread, fmt="o", color=color, label=title, capsize=3, alpha=0.85)
+            for row, x, y in zip(selected, xs, ys, strict=True):
+                if row["kind"] == "peer":
+                    tag = f"{row['poke_interval']:g} s"
+                else:
+                    tag = f"{row['poll_interval']:g}/{row['max_poll_interval']:g}"
+                axes.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axes.set_ylim(bottom=0)
+        axes.set_xlim(left=0)
+        axes.set_xlabel("detection delay: event after the job's end, p50 (bar to max), s")
+        axes.set_ylabel("requests per job")
+        axes.set_title(f"Requests per job against detection delay ({job_duration:g} s jobs)")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(output / "tradeoff.png", dpi=120)
+        plt.close(figure)
+        written.append(output / "tradeoff.png")
+    return written
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="See the module docstring for what is measured and how.",
     )
-    print(header)
-    for row in rows:
-        config: Config = row["config"]
-        result = row["result"]
-        polls = row["polls"]
-        growth = max(0, result["rss_peak"] - result["rss_before"]) / 1024
-        lag = f"{result['lag_p50'] * 1e3:.1f}/{result['lag_p99'] * 1e3:.1f}/{result['lag_max'] * 1e3:.0f}"
-        counted = "-" if result["connects"] is None else str(result["connects"])
-        tcp = f"{counted}/{row['sampled_ports']}/{row['most_open']}"
-        late = row["late"]
-        late_text = f"{percentile(late, 0.5):.1f}/{max(late):.1f}" if late else "-"
-        label = f"{config.policy} {config.triggers}x{config.tasks_per_trigger}"
-        cpu_per_poll = f"{result['cpu'] / polls * 1e3:.2f}ms" if polls else "-"
-        print(
-            f"| {label:<15} | {result['wall']:>4.0f}s | {polls:>6} | {polls / config.jobs:>5.1f} "
-            f"| {cpu_per_poll:>8} | {growth / config.triggers:>6.1f} KB | {growth / config.jobs:>4.1f} KB "
-            f"| {lag:>18} | {tcp:>16} | {late_text:>14} |"
-        )
-    for row in rows:
-        config = row["config"]
-        result = row["result"]
-        statuses = ", ".join(f"{k} {v}" for k, v in sorted(result["statuses"].items())) or "-"
-        print(
-            f"  {config.policy}: CPU {result['cpu']:.1f}s, RSS {result['rss_before'] / 2**20:.0f}"
-            f"->{result['rss_peak'] / 2**20:.0f} MiB, emulator CPU {row['emulator_share']:.0%} of a core, "
-            f"events: {statuses}, log lines {row['log_lines']} ({row['warnings']} warnings/errors)"
-            f"{'; ' + row['note'] if row['note'] else ''}"
-        )
-    print()
-    print(PEERS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smoke run, about 2 minutes")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"of {', '.join(SECTIONS)}")
+    parser.add_argument("--triggers", type=int, default=1000, help="in-flight jobs of the main rows")
+    parser.add_argument("--job-duration", type=float, default=60.0, help="seconds to every job's end")
+    parser.add_argument("--sweep", default="100,1000,10000", help="in-flight jobs of the sweep")
+    parser.add_argument("--tradeoff-triggers", type=int, default=100, help="triggers per trade-off point")
+    parser.add_argument("--moonshot", default="1000x50", help="triggers x tasks per trigger")
+    parser.add_argument("--grace", type=float, default=120.0, help="seconds after the jobs' end, then cut")
+    parser.add_argument("--output-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    if args.child:
+        return args
+    if args.quick:
+        args.triggers, args.job_duration, args.sweep = 100, 4.5, "20,100"
+        args.tradeoff_triggers, args.moonshot, args.grace = 20, "20x10", 30.0
+    args.tradeoff_pokes = QUICK_TRADEOFF_POKES if args.quick else TRADEOFF_POKES
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := set(args.only) - set(SECTIONS):
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    args.sweep = [int(n) for n in args.sweep.split(",") if n.strip()]
+    try:
+        triggers, tasks = (int(x) for x in args.moonshot.lower().split("x"))
+    except ValueError:
+        parser.error("--moonshot is TRIGGERSxTASKS, e.g. 1000x50")
+    args.moonshot = (triggers, tasks)
+    return args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--triggers", type=int, default=1000, help="triggers in the loop (default 1000)")
-    parser.add_argument("--tasks-per-trigger", type=int, default=1, help="Novita tasks per trigger")
-    parser.add_argument("--job-duration", type=float, default=60.0, help="seconds each job runs (60)")
-    parser.add_argument(
-        "--policies", default=",".join(POLICIES), help=f"comma-separated, of {', '.join(POLICIES)}"
-    )
-    parser.add_argument(
-        "--prep-seconds",
-        type=float,
-        default=None,
-        help="time allowed for submissions and the emulator's image work (default 15 + 0.06 s per job)",
-    )
-    parser.add_argument("--submit-concurrency", type=int, default=32)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 200 triggers, 10 s jobs")
-    args = parser.parse_args()
+    args = parse_args()
     if args.child:
         child_main(args.child)
         return
-    if args.quick:
-        args.triggers, args.job_duration = 200, 10.0
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    if unknown := set(policies) - set(POLICIES):
-        parser.error(f"unknown policies: {', '.join(sorted(unknown))}")
-    jobs = args.triggers * args.tasks_per_trigger
-    prep = args.prep_seconds if args.prep_seconds is not None else 15 + 0.06 * jobs
-    configs = [
-        Config(p, args.triggers, args.tasks_per_trigger, args.job_duration, prep, args.submit_concurrency)
-        for p in policies
-    ]
-    workdir = Path(tempfile.mkdtemp(prefix="triggerer-polling-"))
-    print(
-        f"{args.triggers} triggers x {args.tasks_per_trigger} task(s), jobs of {args.job_duration:g}s, "
-        f"prep allowance {prep:.0f}s; logs in {workdir}",
-        flush=True,
-    )
-    emulator = start_emulator(args.job_duration + prep, workdir / "emulator.log")
-    rows: list[dict[str, Any]] = []
+    # SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, so every process started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    runs = plan(args)
+    output: Path = args.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="triggerer-bench-"))
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    context = {
+        "date": date,
+        "machine": machine(),
+        "options": {
+            "quick": args.quick,
+            "sections": args.only,
+            "triggers": args.triggers,
+            "job_duration": args.job_duration,
+            "sweep": args.sweep,
+            "tradeoff_triggers": args.tradeoff_triggers,
+            "tradeoff_pokes": list(args.tradeoff_pokes),
+            "moonshot": list(args.moonshot),
+            "grace": args.grace,
+            "heartbeat_s": HEARTBEAT,
+        },
+    }
+    print(f"{len(runs)} runs, jobs of {args.job_duration:g} s; work directory {workdir}", flush=True)
+    measured: list[Measured] = []
+    server = JobServer.start(workdir)
+    ok = False
     try:
-        for config in configs:
-            print(f"running {config.policy} ...", flush=True)
-            rows.append(run_config(config, emulator, workdir))
+        for number, run in enumerate(runs, 1):
+            began = time.monotonic()
+            print(
+                f"[{number}/{len(runs)}] {run.name}: {run.triggers} triggers, {run.jobs} jobs ...",
+                end=" ",
+                flush=True,
+            )
+            measured.append(Measured(run, run_child(run, server, workdir)))
+            print(f"{time.monotonic() - began:.0f} s", flush=True)
+        ok = True
     finally:
-        with contextlib.suppress(Exception):
-            stop_process(emulator.process)
+        server.stop()
+        if ok and not args.keep_logs:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"logs kept in {workdir}", flush=True)
+    floors = floor_growth(measured)
+    rows = [row for m in measured for row in group_rows(m, floors)]
+    run_figures = [m.run_figures() for m in measured]
+    checks = targets(rows)
+    document = {**context, "runs": run_figures, "rows": rows, "targets": checks}
+    (output / "latest.json").write_text(json.dumps(document, indent=1))
+    text = tables(rows, run_figures, checks, context)
+    (output / "latest.md").write_text(text + "\n")
+    written = plots(rows, run_figures, output, args.job_duration)
     print()
-    report(rows)
+    print(text)
+    print()
+    print(f"wrote {output / 'latest.json'}, {output / 'latest.md'}, " + ", ".join(p.name for p in written))
 
 
 if __name__ == "__main__":
