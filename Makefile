@@ -9,22 +9,31 @@ AIRFLOW_NEWEST := 3.3.2
 AIRFLOW_FLOOR := 3.2.0
 VENV := .venv
 FLOOR_VENV := .venv-floor
+# The benchmarks' own environment: the peers they measure and the plotting stay out of the test environments.
+BENCH_VENV := .venv-bench
+# Where the triggerer benchmark writes latest.json, latest.md and its plots; BENCHMARK_ARGS go to it too
+# (e.g. BENCHMARK_ARGS="--only main,tradeoff").
+BENCHMARK_OUTPUT ?= benchmarks/results
+BENCHMARK_ARGS ?=
 
-.PHONY: demo test lint test-newest test-floor benchmark clean
+.PHONY: demo test lint test-newest test-floor benchmark benchmark-quick clean
 
-# venv VENV_DIR AIRFLOW_VERSION: a virtual environment with the provider (editable) and its test tools.
+# venv VENV_DIR AIRFLOW_VERSION CONSTRAINTS EXTRA: a virtual environment with the provider (editable) and EXTRA.
 define venv
-$(1)/.installed-$(2): pyproject.toml constraints/airflow-$(2).txt
+$(1)/.installed-$(2): pyproject.toml $(3)
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install --quiet --upgrade pip
-	$(1)/bin/python -m pip install --quiet -c constraints/airflow-$(2).txt "apache-airflow==$(2)" -e ".[test]"
+	$(1)/bin/python -m pip install --quiet -c $(3) "apache-airflow==$(2)" -e ".[$(4)]"
 	touch $$@
 endef
-$(eval $(call venv,$(VENV),$(AIRFLOW_NEWEST)))
-$(eval $(call venv,$(FLOOR_VENV),$(AIRFLOW_FLOOR)))
+$(eval $(call venv,$(VENV),$(AIRFLOW_NEWEST),constraints/airflow-$(AIRFLOW_NEWEST).txt,test))
+$(eval $(call venv,$(FLOOR_VENV),$(AIRFLOW_FLOOR),constraints/airflow-$(AIRFLOW_FLOOR).txt,test))
+$(eval $(call venv,$(BENCH_VENV),$(AIRFLOW_NEWEST),constraints/benchmark-airflow-$(AIRFLOW_NEWEST).txt,benchmark))
 
 NEWEST := $(VENV)/.installed-$(AIRFLOW_NEWEST)
 FLOOR := $(FLOOR_VENV)/.installed-$(AIRFLOW_FLOOR)
+BENCH := $(BENCH_VENV)/.installed-$(AIRFLOW_NEWEST)
+BENCH_PYTHON := $(BENCH_VENV)/bin/python
 
 demo: $(NEWEST)
 	$(VENV)/bin/python scripts/demo.py
@@ -42,9 +51,14 @@ test-newest: $(NEWEST)
 test-floor: $(FLOOR)
 	$(FLOOR_VENV)/bin/python -m pytest
 
-benchmark: $(NEWEST)
-	$(VENV)/bin/python benchmarks/triggerer_polling.py
-	$(VENV)/bin/python benchmarks/persist_memory.py
+# One line per benchmark script, run one after another: they share a 2-core machine and must not overlap.
+benchmark: $(BENCH)
+	$(BENCH_PYTHON) benchmarks/triggerer_polling.py --output-dir $(BENCHMARK_OUTPUT) $(BENCHMARK_ARGS)
+	$(BENCH_PYTHON) benchmarks/persist_memory.py
+
+# A smoke run of the triggerer benchmark (about 2 minutes); its figures mean nothing.
+benchmark-quick: $(BENCH)
+	$(BENCH_PYTHON) benchmarks/triggerer_polling.py --quick --output-dir $(BENCHMARK_OUTPUT)/quick $(BENCHMARK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) demo-output
+	rm -rf $(VENV) $(FLOOR_VENV) $(BENCH_VENV) demo-output
