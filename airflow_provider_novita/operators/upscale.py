@@ -29,7 +29,6 @@ from airflow_provider_novita.results import finish_batch
 from airflow_provider_novita.retries import may_have_billed
 from airflow_provider_novita.retry_memory import RetryMemory
 from airflow_provider_novita.storage import output_root, url_answers
-from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -175,6 +174,9 @@ class UpscaleOperator(BaseOperator):
             if not self.wait_for_completion:
                 return task_ids
             if self.deferrable:
+                # Imported here: it brings in Airflow's trigger machinery, which parsing a DAG never needs.
+                from airflow_provider_novita.triggers.task_result import TaskResultTrigger
+
                 trigger, defer_timeout = TaskResultTrigger.with_timeout(
                     task_ids, self.novita_conn_id, self.policy, self.timeout
                 )

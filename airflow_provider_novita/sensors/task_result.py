@@ -17,7 +17,6 @@ from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEO
 from airflow_provider_novita.results import finish_batch
 from airflow_provider_novita.retry_memory import RetryMemory
 from airflow_provider_novita.storage import output_root
-from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 
 if TYPE_CHECKING:
     import datetime
@@ -132,6 +131,9 @@ class TaskResultSensor(BaseSensorOperator):
             if self.output_path:
                 output_root(self.output_path)
             if self.deferrable:
+                # Imported here: it brings in Airflow's trigger machinery, which parsing a DAG never needs.
+                from airflow_provider_novita.triggers.task_result import TaskResultTrigger
+
                 trigger, defer_timeout = TaskResultTrigger.with_timeout(
                     task_ids, self.novita_conn_id, self.policy, self.timeout
                 )
