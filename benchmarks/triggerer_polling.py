@@ -16,20 +16,25 @@ Rows, in the same run, against the same server:
 
 * ``floor``: sleep only, no HTTP, at the peer's pace (wake every 5 s until the job's end): what the
   machine and the harness spend on N coroutines and the heartbeat alone.
-* ``peer``: ``HttpSensorTrigger`` of apache-airflow-providers-http (aiohttp, a new session and TCP
-  connection per poke, first poke at once, then every ``poke_interval``), at 5 s: what a user
-  would otherwise pick.
-* ``ours``: ``TaskResultTrigger`` with the provider's default pace, Novita reporting an eta; the
-  same without eta; fixed 5 s (``poll_interval=5, max_poll_interval=5``); batches of 10 tasks per
-  trigger (N/10 triggers); and over HTTPS (peer and ours with eta), with a self-signed certificate
-  made at run time, trusted by both clients through ``SSL_CERT_FILE`` in the measured process
-  (httpx and aiohttp's default SSL contexts both honour it; no certificate check is turned off).
+* ``peer``: ``HttpSensorTrigger`` of apache-airflow-providers-http 6.3.0 (aiohttp, a new session and
+  TCP connection per poke, first poke at once, then every ``poke_interval``), at 5 s: what a user
+  would otherwise pick. It sleeps only after a 404 (any other error it retries at once), and logs a
+  warning for each 404; both are its real behaviour and part of what it costs.
+* ``ours``: ``TaskResultTrigger`` with the provider's default pace (its ``DEFAULT_POLL_INTERVAL``
+  and the trigger's default ``max_poll_interval``), Novita reporting an eta; the same without eta;
+  fixed 5 s (``poll_interval=5, max_poll_interval=5``); batches of 10 tasks per trigger (N/10
+  triggers). Its deadline (``end_time``) is the jobs' end plus ``--grace``.
+* HTTPS, for the peer and for ours with eta: a self-signed certificate made at run time, trusted by
+  both clients through ``SSL_CERT_FILE`` in the measured process only (httpx's default context and
+  aiohttp's, made by ``ssl.create_default_context()``, both load it; the peer's connection extra has
+  no CA-bundle option for aiohttp, only ``verify: false``). No certificate check is turned off.
 * sweep: floor, peer and ours (eta) at other N (100 and 10,000 in-flight jobs, one task each), for
   the CPU and RSS per job plots.
-* trade-off: ours with eta on and off at several (``poll_interval``, ``max_poll_interval``)
-  settings, and the peer poking every 5, 15 and 30 s, all in one loop (``--tradeoff-triggers``
-  triggers each): requests per job against how late a finished job is detected. The server counts
-  requests per group (the task id's first part); CPU and RSS are not split per group.
+* trade-off: ours with eta on and off at (1, 10), the default, (5, 60) and (5, 5) s of
+  (``poll_interval``, ``max_poll_interval``), and the peer poking every 5, 15 and 30 s, all in one
+  loop (``--tradeoff-triggers`` triggers each): requests per job against how late a finished job is
+  detected. The server counts requests per group (the task id's first part); CPU and RSS are not
+  split per group.
 * moonshot: 50,000 jobs in flight (1000 triggers x 50 tasks, eta), judged against one core on
   average, 500 MB RSS in all and the loop lag target.
 
@@ -51,8 +56,11 @@ Figures, per row:
 
 Before the window each measured process imports everything, looks its connection up and runs one
 trigger of each kind against a finished job, as a running triggerer would have done long before;
-the server's counters are reset after that. GC stays enabled; nothing is frozen. Triggers that
-have not fired ``--grace`` seconds after the jobs' end are cut off and counted.
+the server's counters are reset after that. GC stays enabled; nothing is frozen. Triggers still
+waiting 10 s after the jobs' end plus ``--grace`` are cut off and counted. A run that fails is reported and
+the others go on (the exit status is then 1). Under the tables, notes name what may skew a run:
+other processes busy meanwhile (from the machine's CPU counters), a busy server, unexpected log
+warnings, errors.
 
 How to read it: the machine is shared and noisy; compare ratios within one run (ours against the
 peer and the floor), not absolutes across machines, and rerun before trusting a difference under
@@ -66,7 +74,8 @@ printed), and the plots ``cpu_per_job.png``, ``rss_per_job.png``, ``loop_lag.png
 Flags:
 
 * ``--quick``: smoke run, about 2 minutes: 100 triggers, 4.5 s jobs, sweep 20/100, 20 triggers per
-  trade-off point (pokes 2 and 5 s), moonshot 20 x 10. Figures are not meaningful.
+  trade-off point (pokes 2 and 5 s), moonshot 20 x 10, grace 30 s (flags given as well still win).
+  Its figures mean nothing.
 * ``--only main,sweep,tradeoff,moonshot``: run only these sections (default all).
 * ``--triggers N``: in-flight jobs of the main rows (default 1000).
 * ``--job-duration S``: seconds from the burst to every job's end (default 60).
@@ -98,13 +107,13 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import psutil
-from job_status_server import make_task_id, write_self_signed_certificate
+from job_status_server import make_task_id, raise_open_files_limit, write_self_signed_certificate
 
 HERE = Path(__file__).resolve().parent
 SERVER_SCRIPT = HERE / "job_status_server.py"
@@ -120,6 +129,14 @@ SECTIONS = ("main", "sweep", "tradeoff", "moonshot")
 TRADEOFF_SETTINGS: tuple[tuple[float, float] | None, ...] = ((1, 10), None, (5, 60), (5, 5))
 TRADEOFF_POKES = (5.0, 15.0, 30.0)
 QUICK_TRADEOFF_POKES = (2.0, 5.0)
+QUICK_DEFAULTS = {
+    "triggers": 100,
+    "job_duration": 4.5,
+    "sweep": "20,100",
+    "tradeoff_triggers": 20,
+    "moonshot": "20x10",
+    "grace": 30.0,
+}
 PEER_POKE = 5.0
 # Other processes using more than this share of the machine during a run get a note under the tables.
 OTHER_CORES_NOTE = 0.2
@@ -429,6 +446,7 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
+    raise_open_files_limit()
     result = asyncio.run(measure(spec))
     Path(spec["result_path"]).write_text(json.dumps(result))
 
@@ -521,6 +539,10 @@ def busy_cpu() -> float:
     )
 
 
+class RunFailed(Exception):
+    """A measured process that did not start, failed or overran: the other runs still go on."""
+
+
 def run_child(run: Run, server: JobServer, workdir: Path) -> dict[str, Any]:
     """Runs one measured process; returns its own figures with the server's counters for the window."""
     spec = {
@@ -544,7 +566,7 @@ def run_child(run: Run, server: JobServer, workdir: Path) -> dict[str, Any]:
         ready, deadline = Path(spec["ready_path"]), time.monotonic() + 180
         while not ready.exists():
             if child.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the measured process of {run.name} did not get ready; see {log_path}")
+                raise RunFailed(f"the measured process did not get ready; see {log_path}")
             time.sleep(0.05)
         server.stats(reset=True)
         server_cpu = server.cpu()
@@ -555,9 +577,9 @@ def run_child(run: Run, server: JobServer, workdir: Path) -> dict[str, Any]:
         try:
             code = child.wait(run.job_duration + run.grace + 180)
         except subprocess.TimeoutExpired:
-            raise SystemExit(f"the measured process of {run.name} did not finish; see {log_path}") from None
+            raise RunFailed(f"the measured process did not finish in time; see {log_path}") from None
         if code != 0:
-            raise SystemExit(f"the measured process of {run.name} failed ({code}); see {log_path}")
+            raise RunFailed(f"the measured process failed (exit code {code}); see {log_path}")
         stats = server.stats(reset=True)
         server_cpu = server.cpu() - server_cpu
         machine_cpu, parent_cpu = busy_cpu() - machine_before, time.process_time() - parent_before
@@ -603,7 +625,6 @@ def rounded(value: float | None, digits: int = 2) -> float | None:
 class Measured:
     run: Run
     raw: dict[str, Any]
-    rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def listener(self) -> dict[str, int]:
@@ -690,17 +711,20 @@ def group_rows(measured: Measured, floors: dict[int, float]) -> list[dict[str, A
             "delay_max_s": rounded(max(delays, default=None)),
             "statuses": statuses,
         }
+        shared = ("cores", "rss_peak_mb", "lag_p50_ms", "lag_p99_ms", "lag_max_ms", "tcp_connections")
+        shared += ("max_open_connections", "wall_s")
+        row.update(dict.fromkeys(shared), cpu_per_job_ms=None, rss_per_trigger_kb=None, rss_per_job_kb=None)
+        row["rss_over_floor_per_job_kb"] = None
         if alone:
             growth = max(0, raw["rss_peak"] - raw["rss_before"])
             floor = floors.get(group.triggers, floors.get(0))
             over = None if floor is None else (growth - floor * group.triggers) / group.jobs / 1024
             row.update(
+                {key: figures[key] for key in shared},
                 cpu_per_job_ms=rounded(raw["cpu"] / group.jobs * 1e3, 3),
                 rss_per_trigger_kb=rounded(growth / group.triggers / 1024),
                 rss_per_job_kb=rounded(growth / group.jobs / 1024),
                 rss_over_floor_per_job_kb=rounded(over),
-                **{k: figures[k] for k in ("cores", "rss_peak_mb", "lag_p50_ms", "lag_p99_ms", "lag_max_ms")},
-                **{k: figures[k] for k in ("tcp_connections", "max_open_connections", "wall_s")},
             )
         rows.append(row)
     return rows
@@ -842,6 +866,7 @@ def tables(
     runs: list[dict[str, Any]],
     checks: list[dict[str, Any]],
     context: dict[str, Any],
+    failed: dict[str, str],
 ) -> str:
     out = [
         f"Measured {context['date']} on {context['machine']['summary']}; jobs of "
@@ -902,7 +927,8 @@ def tables(
         for item in checks:
             verdict = {True: "met", False: "NOT met", None: "not measured"}[item["met"]]
             out.append(f"- {item['target']}: {item['measured']} - **{verdict}**")
-    if notes := run_notes(runs):
+    notes = [f"- {name}: FAILED, no figures: {reason}" for name, reason in failed.items()]
+    if notes := notes + run_notes(runs):
         out += ["", "Notes on the runs:", "", *notes]
     return "\n".join(out)
 
@@ -1152,12 +1178,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--grace", type=float, default=120.0, help="seconds after the jobs' end, then cut")
     parser.add_argument("--output-dir", type=Path, default=HERE / "results")
     parser.add_argument("--keep-logs", action="store_true", help="keep the work directory")
+    if "--quick" in sys.argv[1:]:
+        # Smaller defaults; flags given explicitly still win.
+        parser.set_defaults(**QUICK_DEFAULTS)
     args = parser.parse_args()
     if args.child:
         return args
-    if args.quick:
-        args.triggers, args.job_duration, args.sweep = 100, 4.5, "20,100"
-        args.tradeoff_triggers, args.moonshot, args.grace = 20, "20x10", 30.0
     args.tradeoff_pokes = QUICK_TRADEOFF_POKES if args.quick else TRADEOFF_POKES
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(args.only) - set(SECTIONS):
@@ -1201,8 +1227,9 @@ def main() -> None:
     }
     print(f"{len(runs)} runs, jobs of {args.job_duration:g} s; work directory {workdir}", flush=True)
     measured: list[Measured] = []
+    failed: dict[str, str] = {}
     server = JobServer.start(workdir)
-    ok = False
+    finished = False
     try:
         for number, run in enumerate(runs, 1):
             began = time.monotonic()
@@ -1211,12 +1238,17 @@ def main() -> None:
                 end=" ",
                 flush=True,
             )
-            measured.append(Measured(run, run_child(run, server, workdir)))
-            print(f"{time.monotonic() - began:.0f} s", flush=True)
-        ok = True
+            try:
+                measured.append(Measured(run, run_child(run, server, workdir)))
+            except (RunFailed, OSError) as err:  # OSError: the server did not answer its counters
+                failed[run.name] = str(err)
+                print(f"FAILED: {err}", flush=True)
+            else:
+                print(f"{time.monotonic() - began:.0f} s", flush=True)
+        finished = True
     finally:
         server.stop()
-        if ok and not args.keep_logs:
+        if finished and not failed and not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"logs kept in {workdir}", flush=True)
@@ -1224,15 +1256,17 @@ def main() -> None:
     rows = [row for m in measured for row in group_rows(m, floors)]
     run_figures = [m.run_figures() for m in measured]
     checks = targets(rows)
-    document = {**context, "runs": run_figures, "rows": rows, "targets": checks}
+    document = {**context, "runs": run_figures, "rows": rows, "targets": checks, "failed_runs": failed}
     (output / "latest.json").write_text(json.dumps(document, indent=1))
-    text = tables(rows, run_figures, checks, context)
+    text = tables(rows, run_figures, checks, context, failed)
     (output / "latest.md").write_text(text + "\n")
     written = plots(rows, run_figures, output, args.job_duration)
     print()
     print(text)
     print()
     print(f"wrote {output / 'latest.json'}, {output / 'latest.md'}, " + ", ".join(p.name for p in written))
+    if failed:
+        sys.exit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
