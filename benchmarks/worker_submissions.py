@@ -37,7 +37,9 @@ Figures, per configuration (median over the repeats, range in brackets):
 * ``wall``: the ``execute`` call; ``x latency`` divides it by the per-request latency, i.e. how many
   requests' worth of time the slot was held; ``ideal`` is ceil(images / concurrency) x latency;
 * ``requests``: ``/v3`` requests the emulator received during the call (429s in brackets; a 429 is
-  retried by the hook, so it adds a request); ``peak``: most requests in flight at once;
+  retried by the hook, so it adds a request); ``peak in flight``: most requests in flight at once;
+  ``peak req/s``: most requests started within any one second, to hold against a per-second rate
+  limit;
 * ``in order``: the returned ids, and the XCom ``task_ids``, name the emulator's tasks for
   the images in input order (checked against the emulator's own records, and asserted);
 * ``store writes``: writes to the task state store, and whether every id was recorded;
@@ -127,7 +129,19 @@ class InFlight:
         for _, change in events:
             now += change
             peak = max(peak, now)
-        return {"requests": len(inside), "rate_limited": sum(r[2] == 429 for r in inside), "peak": peak}
+        # The most requests started within any one second: what a per-second rate limit counts.
+        starts = sorted(r[0] for r in inside)
+        first = per_second = 0
+        for last, started in enumerate(starts):
+            while started - starts[first] >= 1.0:
+                first += 1
+            per_second = max(per_second, last - first + 1)
+        return {
+            "requests": len(inside),
+            "rate_limited": sum(r[2] == 429 for r in inside),
+            "peak": peak,
+            "per_second": per_second,
+        }
 
 
 # -- the child: one measured execute() in a fresh process ----------------------------------------------
@@ -284,6 +298,7 @@ def check(
         "requests": seen["requests"],
         "rate_limited": seen["rate_limited"],
         "peak_in_flight": seen["peak"],
+        "peak_per_second": seen["per_second"],
         "accepted_submissions": emulator.stats()["accepted_submissions"],
         "in_order": in_order,
         "store_writes": len(result["writes"]),
@@ -329,6 +344,7 @@ def summarise(
         "rate_limited": [run["rate_limited"] for run in runs],
         "accepted_submissions": [run["accepted_submissions"] for run in runs],
         "peak_in_flight": max(run["peak_in_flight"] for run in runs),
+        "peak_per_second": max(run["peak_per_second"] for run in runs),
         "in_order": all(run["in_order"] for run in runs),
         "store_writes": [run["store_writes"] for run in runs],
         "all_recorded": all(run["all_recorded"] for run in runs),
@@ -349,9 +365,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     )
     print(
         "| configuration | wall s (range) | x latency | ideal s | requests (429) | peak in flight "
-        "| ids in input order | store writes (all ids) | record lag max | CPU s |"
+        "| peak req/s | ids in input order | store writes (all ids) | record lag max | CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         ideal = f"{row['ideal']:.1f}" if row["ideal"] is not None else "-"
         lag = f"{row['record_lag_max'] * 1000:.0f} ms" if row["record_lag_max"] is not None else "-"
@@ -360,13 +376,14 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"| {row['configuration']} | {wall} "
             f"| {row['wall_median'] / args.latency:.1f} | {ideal} "
             f"| {spread(row['requests'])} ({spread(row['rate_limited'])}) | {row['peak_in_flight']} "
+            f"| {row['peak_per_second']} "
             f"| {'yes' if row['in_order'] else 'NO'} "
             f"| {spread(row['store_writes'])} ({'yes' if row['all_recorded'] else 'NO'}) "
             f"| {lag} | {row['cpu_median']:.2f} |"
         )
     print(
         f"| theoretical sequential ({args.images} x {args.latency * 1000:g} ms) | {sequential:.2f} "
-        f"| {args.images} | {sequential:.1f} | {args.images} | 1 | - | - | - | - |"
+        f"| {args.images} | {sequential:.1f} | {args.images} | 1 | {1 / args.latency:g} | - | - | - | - |"
     )
 
 
@@ -397,8 +414,8 @@ def main() -> None:
     if args.child:
         child_main(args.child)
         return
-    if args.images < 1 or args.repeat < 1 or args.latency < 0:
-        parser.error("--images and --repeat must be at least 1, --latency not negative")
+    if args.images < 1 or args.repeat < 1 or args.latency <= 0:
+        parser.error("--images and --repeat must be at least 1, --latency positive")
 
     workdir = Path(tempfile.mkdtemp(prefix="novita-worker-submissions-"))
     # This process imports the operator (for its signature) too: never with the user's AIRFLOW_HOME.
