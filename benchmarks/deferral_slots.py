@@ -37,6 +37,15 @@ Figures, per run:
 * ``submissions``: submissions the emulator accepted (50 means no image was billed twice);
 * ``all submitted``: from the run's start to the last submission; ``last job -> end``: from the end
   of the last Novita job to the end of the run (resuming the deferred tasks, or the last poll);
+* ``worker runs``: how many times a task instance took a worker slot, counted in the task logs
+  (each run begins with the task runner's "Pre Execute" line): once per task instance to submit,
+  once more to resume when deferrable, once per earlier try;
+  ``slot s per run``: wall x slots / worker runs, the slot time each run cost on average, an upper
+  bound (it counts any time a slot sat idle; for the run in the worker it includes the job's
+  wait). Deferrable, the wall time cannot go below about 2 x images / slots x that figure, whatever
+  the job duration; ``logged s per run``: median (max) time from a run's first to its last line in
+  the task log, i.e. the task's own code with DAG parsing; the rest of the slot time is process
+  start-up and Airflow's bookkeeping around it;
 * ``CPU busy``: how busy this machine's CPUs were during the run (``/proc/stat``): near 100% means
   Airflow's own work (a task process per task instance, parsing the DAG file each time) was the
   bottleneck, not the slots.
@@ -65,6 +74,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -444,6 +454,11 @@ def summarise_run(
     ]
     stats = emulator.stats()
     start_epoch = started.timestamp() if started else None
+    retried = sum((ti["try_number"] or 0) > 1 for ti in tis)
+    # Each task instance takes a worker slot once to submit and, deferrable, once more to resume;
+    # every earlier try took one more. The task logs show each of those runs.
+    logged = logged_worker_runs(cluster.home, dag_id, run_id)
+    worker_runs = len(logged) or len(tis) * (2 if deferrable else 1) + history
     return {
         "mode": "deferrable" if deferrable else "in the worker",
         "dag_id": dag_id,
@@ -457,7 +472,7 @@ def summarise_run(
         "max_deferred": most("deferred"),
         "max_queued": most("queued"),
         "deferred_at_least_once": sum("deferred" in seen for seen in states_seen.values()),
-        "tis_with_retries": sum((ti["try_number"] or 0) > 1 for ti in tis),
+        "tis_with_retries": retried,
         "earlier_tries_in_history": history,
         "race_log_lines": len(race_lines),
         "accepted_submissions": stats["accepted_submissions"],
@@ -470,8 +485,40 @@ def summarise_run(
             ended.timestamp() - (last_job_end + offset) if last_job_end and ended else None
         ),
         "cpu_busy": cpu_busy,
+        "worker_runs": worker_runs,
+        "worker_runs_from_logs": bool(logged),
+        "logged_run_seconds_median": statistics.median(logged) if logged else None,
+        "logged_run_seconds_max": max(logged) if logged else None,
+        "slot_seconds_per_worker_run": (
+            wall * args.parallelism / worker_runs if wall is not None and worker_runs else None
+        ),
         "samples": samples,
     }
+
+
+def logged_worker_runs(home: Path, dag_id: str, run_id: str) -> list[float]:
+    """Seconds from the first to the last line each worker run wrote to its task log.
+
+    A run starts with the task runner's "::group::Pre Execute" line; a deferred task's resume
+    appends a new run to the same attempt's log. Lines that do not parse as JSON are skipped.
+    """
+    durations = []
+    folder = home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={TASK_ID}"
+    # attempt=N.log.trigger.<job id>.log beside each attempt's log is the triggerer's, not a worker's.
+    paths = [path for path in folder.glob("map_index=*/attempt=*.log") if ".trigger." not in path.name]
+    for path in sorted(paths):
+        runs: list[list[datetime]] = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                at = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            if str(entry.get("event", "")).startswith("::group::Pre Execute") or not runs:
+                runs.append([])
+            runs[-1].append(at)
+        durations += [(run[-1] - run[0]).total_seconds() for run in runs if run]
+    return durations
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -484,15 +531,19 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     )
     print(
         "| mode | run | wall s | x job | max running / deferred / queued | TIs retried (race lines) "
-        "| submissions | all submitted s | last job -> end s | CPU busy |"
+        "| submissions | all submitted s | last job -> end s | worker runs | slot s per run "
+        "| logged s per run (max) | CPU busy |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['mode']} | {row['state']} | {number(row['wall'])} | {number(row['x_job'], '.2f')} "
             f"| {row['max_running']} / {row['max_deferred']} / {row['max_queued']} "
             f"| {row['tis_with_retries']} ({row['race_log_lines']}) | {row['accepted_submissions']} "
             f"| {number(row['all_submitted_after'])} | {number(row['last_job_end_to_run_end'])} "
+            f"| {row['worker_runs']} | {number(row['slot_seconds_per_worker_run'])} "
+            f"| {number(row['logged_run_seconds_median'], '.2f')} "
+            f"({number(row['logged_run_seconds_max'], '.1f')}) "
             f"| {row['cpu_busy']:.0%} |"
         )
     ideal_sync = math.ceil(args.images / args.parallelism)
