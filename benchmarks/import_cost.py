@@ -151,7 +151,7 @@ def summary(seconds: list[float]) -> dict[str, float]:
 
 
 def importtime_entries(stderr: str) -> list[dict[str, Any]]:
-    """Entries of ``-X importtime`` printed after ``airflow.sdk`` finished: the provider's imports.
+    """Entries of ``-X importtime`` from ``airflow.sdk``'s end to the provider module's: its imports.
 
     A line reads ``import time: <self us> | <cumulative us> | <indent><module>``; it is printed when
     a module finishes, nested imports first, two spaces of indent per level of nesting.
@@ -167,6 +167,9 @@ def importtime_entries(stderr: str) -> list[dict[str, Any]]:
         if not after_sdk:
             after_sdk = module == "airflow.sdk" and depth == 0
             continue
+        if depth == 0 and module != PROVIDER_MODULE:
+            # A top-level entry other than the provider's came after it (the child's own imports).
+            break
         entries.append(
             {
                 "module": module,
