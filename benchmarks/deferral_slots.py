@@ -621,6 +621,10 @@ def main() -> None:
                 print(f"  -> {rows[-1]['state']} in {rows[-1]['wall']} s", file=sys.stderr, flush=True)
         failed = False
     finally:
+        # The stop is bounded (about a minute at worst); a second Ctrl+C or SIGTERM in the middle of
+        # it would leave Airflow processes behind, so both wait until it is done.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if cluster is not None:
             not_stopped = cluster.stop()
             if not_stopped:
