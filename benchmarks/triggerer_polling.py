@@ -6,11 +6,14 @@ memory, event-loop stalls) limits how many images can be in flight. This measure
 triggerer runs triggers: N triggers as coroutines in one asyncio event loop, in a fresh child
 process per configuration, all started at the same moment (a burst, as when a mapped task defers),
 each waiting for a job that ends ``--job-duration`` (60 s) after the start, beside a 10 ms
-heartbeat that records how late the loop wakes it. The jobs are served by
-``benchmarks/job_status_server.py``, a stateless loopback server in its own process that answers
-like Novita's task-result endpoint (``eta`` = whole seconds left, rounded up) and like an endpoint
-``HttpSensorTrigger`` can poll (404 until the job's end, 200 after). Task ids name their job's end,
-so nothing is submitted and the server does no work but answering.
+heartbeat that records how late the loop wakes it. The burst is started as Airflow 3's triggerer
+starts new triggers (``TriggerRunner.create_triggers``): one after another, yielding to the loop
+before and after making each, so earlier triggers already run while later ones are made.
+
+The jobs are served by ``benchmarks/job_status_server.py``, a stateless loopback server in its own
+process that answers like Novita's task-result endpoint (``eta`` = whole seconds left, rounded up)
+and like an endpoint ``HttpSensorTrigger`` can poll (404 until the job's end, 200 after). Task ids
+name their job's end, so nothing is submitted and the server does no work but answering.
 
 Rows, in the same run, against the same server:
 
@@ -393,16 +396,13 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     end = started + run["job_duration"]
     # Our triggers' own deadline is the grace's end; the cut-off comes later, so that they report it.
     limit = run["job_duration"] + run["grace"] + 10
-    # Every trigger is made, then all start in the same loop iteration: a burst, as a mapped task defers.
-    coroutines = []
+    # What the triggerer reads from its database in one go when every trigger was deferred at once.
+    workloads: list[tuple[int, dict[str, Any], list[str]]] = []
     for index, group in enumerate(groups):
         per = group["tasks_per_trigger"]
         for number in range(group["triggers"]):
-            if group["kind"] == "floor":
-                coroutines.append((index, sleep_only(end, group["poke_interval"])))
-                continue
             ids = [make_task_id(f"g{index}", end, group["eta"], number * per + i) for i in range(per)]
-            coroutines.append((index, fire(make_trigger(group, ids, end + run["grace"], defaults))))
+            workloads.append((index, group, ids))
     fired: list[tuple[int, float | None, str, int]] = []
     errors: set[str] = set()
 
@@ -415,7 +415,18 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             fired.append((index, time.time() - end, status, wakeups))
 
-    tasks = [asyncio.create_task(timed(index, waiting)) for index, waiting in coroutines]
+    # Started as Airflow's triggerer starts them (TriggerRunner.create_triggers): it yields to the loop
+    # before and after making each trigger, then creates its task, so triggers made earlier already
+    # run while later ones are made, and the heartbeat gets its turns.
+    tasks = []
+    for index, group, ids in workloads:
+        await asyncio.sleep(0)
+        if group["kind"] == "floor":
+            waiting = sleep_only(end, group["poke_interval"])
+        else:
+            waiting = fire(make_trigger(group, ids, end + run["grace"], defaults))
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(timed(index, waiting)))
     _, pending = await asyncio.wait(tasks, timeout=limit)
     for task in pending:
         task.cancel()
@@ -426,7 +437,7 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     heartbeat.stopped = True
     await beating
     lags = [lag for _, lag in heartbeat.samples]
-    cut_off = Counter(index for index, _ in coroutines)
+    cut_off = Counter(index for index, _, _ in workloads)
     cut_off.subtract(index for index, *_ in fired)
     return {
         "wall": finished - origin,
@@ -531,12 +542,22 @@ def child_env(run: Run, server: JobServer, workdir: Path) -> dict[str, str]:
     return env
 
 
-def busy_cpu() -> float:
-    """CPU seconds the whole machine has spent on anything but idling, over all cores."""
+def machine_cpu() -> dict[str, float]:
+    """
+    CPU seconds the whole machine has spent so far, over all cores: in processes (``process``:
+    user, nice, system), in interrupts (``interrupts``: irq, softirq, where the kernel moves loopback
+    traffic without charging it to a process) and taken by the hypervisor (``steal``).
+    """
     times = psutil.cpu_times()
-    return float(
-        sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
-    )
+
+    def total(*names: str) -> float:
+        return float(sum(getattr(times, name, 0.0) for name in names))
+
+    return {
+        "process": total("user", "nice", "system"),
+        "interrupts": total("irq", "softirq"),
+        "steal": total("steal"),
+    }
 
 
 class RunFailed(Exception):
@@ -570,7 +591,7 @@ def run_child(run: Run, server: JobServer, workdir: Path) -> dict[str, Any]:
             time.sleep(0.05)
         server.stats(reset=True)
         server_cpu = server.cpu()
-        machine_before, parent_before = busy_cpu(), time.process_time()
+        machine_before, parent_before = machine_cpu(), time.process_time()
         assert child.stdin is not None
         child.stdin.write("go\n")
         child.stdin.flush()
@@ -582,7 +603,8 @@ def run_child(run: Run, server: JobServer, workdir: Path) -> dict[str, Any]:
             raise RunFailed(f"the measured process failed (exit code {code}); see {log_path}")
         stats = server.stats(reset=True)
         server_cpu = server.cpu() - server_cpu
-        machine_cpu, parent_cpu = busy_cpu() - machine_before, time.process_time() - parent_before
+        machine_after, parent_cpu = machine_cpu(), time.process_time() - parent_before
+        machine = {key: machine_after[key] - machine_before[key] for key in machine_after}
         result: dict[str, Any] = json.loads(Path(spec["result_path"]).read_text())
     finally:
         stop_process(child)
@@ -591,7 +613,9 @@ def run_child(run: Run, server: JobServer, workdir: Path) -> dict[str, Any]:
         stats=stats,
         server_cpu=server_cpu,
         # What else the machine ran meanwhile: it is shared, and 2 cores leave little room.
-        other_cpu=max(0.0, machine_cpu - parent_cpu - server_cpu - result["cpu"]),
+        other_cpu=max(0.0, machine["process"] - parent_cpu - server_cpu - result["cpu"]),
+        interrupt_cpu=machine["interrupts"],
+        steal_cpu=machine["steal"],
         log_lines=len(lines),
         log_warnings=sum(1 for line in lines if "warning" in line.lower() or "error" in line.lower()),
     )
@@ -655,6 +679,8 @@ class Measured:
             "max_open_connections": self.listener.get("max_open"),
             "server_cores": rounded(raw["server_cpu"] / raw["wall"], 3),
             "other_cores": rounded(raw["other_cpu"] / raw["wall"], 3),
+            "interrupt_cores": rounded(raw["interrupt_cpu"] / raw["wall"], 3),
+            "steal_cores": rounded(raw["steal_cpu"] / raw["wall"], 3),
             "log_lines": raw["log_lines"],
             "log_warnings_or_errors": raw["log_warnings"],
             "errors": raw["errors"],
@@ -946,6 +972,8 @@ def run_notes(runs: list[dict[str, Any]]) -> list[str]:
             found.append(f"the server used {run['server_cores']:.2f} cores: it may have slowed answers")
         if run["other_cores"] > OTHER_CORES_NOTE:
             found.append(f"other processes used {run['other_cores']:.2f} cores meanwhile (shared machine)")
+        if run["steal_cores"] > OTHER_CORES_NOTE:
+            found.append(f"the hypervisor took {run['steal_cores']:.2f} cores (steal)")
         if run["log_warnings_or_errors"] and "peer" not in run["kinds"]:
             # The peer logs a warning for every 404 poke by design; anywhere else a warning means retries.
             found.append(f"{run['log_warnings_or_errors']} log lines with warnings or errors")
