@@ -5,10 +5,13 @@ A triggerer holds every deferred Novita job of a deployment; what a job costs it
 memory, event-loop stalls) limits how many images can be in flight. This measures it the way a
 triggerer runs triggers: N triggers as coroutines in one asyncio event loop, in a fresh child
 process per configuration, all started at the same moment (a burst, as when a mapped task defers),
-each waiting for a job that ends ``--job-duration`` (60 s) after the start, beside a 10 ms
-heartbeat that records how late the loop wakes it. The burst is started as Airflow 3's triggerer
-starts new triggers (``TriggerRunner.create_triggers``): one after another, yielding to the loop
-before and after making each, so earlier triggers already run while later ones are made.
+each waiting for a job that ends 60 s after the start on average, beside a 10 ms heartbeat that
+records how late the loop wakes it. Job durations are spread evenly over 45-75 s (``--job-spread``):
+had every job taken exactly 60 s, a fixed poke every 5, 15 or 30 s, started with it, would come
+exactly when it ends and look as if it detected every job at once. The burst is started as
+Airflow 3's triggerer starts new triggers (``TriggerRunner.create_triggers``): one after another,
+yielding to the loop before and after making each, so earlier triggers already run while later
+ones are made.
 
 The jobs are served by ``benchmarks/job_status_server.py``, a stateless loopback server in its own
 process that answers like Novita's task-result endpoint (``eta`` = whole seconds left, rounded up)
@@ -76,12 +79,15 @@ printed), and the plots ``cpu_per_job.png``, ``rss_per_job.png``, ``loop_lag.png
 
 Flags:
 
-* ``--quick``: smoke run, about 2 minutes: 100 triggers, 4.5 s jobs, sweep 20/100, 20 triggers per
+* ``--quick``: smoke run, about 2 minutes: 100 triggers, 3-6 s jobs, sweep 20/100, 20 triggers per
   trade-off point (pokes 2 and 5 s), moonshot 20 x 10, grace 30 s (flags given as well still win).
   Its figures mean nothing.
 * ``--only main,sweep,tradeoff,moonshot``: run only these sections (default all).
 * ``--triggers N``: in-flight jobs of the main rows (default 1000).
-* ``--job-duration S``: seconds from the burst to every job's end (default 60).
+* ``--job-duration S``: mean seconds from the burst to a job's end (default 60).
+* ``--job-spread S``: job durations spread evenly over this many seconds around the mean (default
+  30, so 45-75 s; at least the longest poke interval, so that every poke pace meets jobs ending at
+  every phase of it).
 * ``--sweep N,N,...``: in-flight jobs of the sweep (default 100,1000,10000; the main rows serve N).
 * ``--tradeoff-triggers N``: triggers per trade-off point (default 100).
 * ``--moonshot TxK``: triggers x tasks per trigger of the moonshot row (default 1000x50).
@@ -127,6 +133,7 @@ HEARTBEAT = 0.01
 # RSS is read every this many heartbeats (50 ms): often enough for the peak, cheap enough not to be lag.
 RSS_EVERY = 5
 LAG_BIN = 0.5
+GOLDEN_RATIO = (5**0.5 - 1) / 2
 SECTIONS = ("main", "sweep", "tradeoff", "moonshot")
 # (poll_interval, max_poll_interval) of the trade-off curve; None: the provider's defaults.
 TRADEOFF_SETTINGS: tuple[tuple[float, float] | None, ...] = ((1, 10), None, (5, 60), (5, 5))
@@ -135,6 +142,7 @@ QUICK_TRADEOFF_POKES = (2.0, 5.0)
 QUICK_DEFAULTS = {
     "triggers": 100,
     "job_duration": 4.5,
+    "job_spread": 3.0,
     "sweep": "20,100",
     "tradeoff_triggers": 20,
     "moonshot": "20x10",
@@ -196,6 +204,7 @@ class Run:
     section: str
     groups: tuple[Group, ...]
     job_duration: float
+    job_spread: float
     grace: float
     scheme: str = "http"
     # The line of the sweep plots this run is a point of, if any.
@@ -209,13 +218,18 @@ class Run:
     def triggers(self) -> int:
         return sum(group.triggers for group in self.groups)
 
+    @property
+    def last_end(self) -> float:
+        """Seconds from the burst to the end of the longest job."""
+        return self.job_duration + self.job_spread / 2
+
 
 def plan(args: argparse.Namespace) -> list[Run]:
-    n, duration, grace = args.triggers, args.job_duration, args.grace
+    n, duration, spread, grace = args.triggers, args.job_duration, args.job_spread, args.grace
     runs: list[Run] = []
 
     def single(name: str, section: str, group: Group, **kwargs: Any) -> Run:
-        return Run(name, section, (group,), duration, grace, **kwargs)
+        return Run(name, section, (group,), duration, spread, grace, **kwargs)
 
     def trio(n: int, section: str, suffix: str) -> list[Run]:
         return [
@@ -248,7 +262,14 @@ def plan(args: argparse.Namespace) -> list[Run]:
         ]
         groups += [Group("peer", t, poke_interval=poke) for poke in args.tradeoff_pokes]
         runs.append(
-            Run("tradeoff", "tradeoff", tuple(groups), duration, max(grace, 2 * max(args.tradeoff_pokes)))
+            Run(
+                "tradeoff",
+                "tradeoff",
+                tuple(groups),
+                duration,
+                spread,
+                max(grace, 2 * max(args.tradeoff_pokes)),
+            )
         )
     if "moonshot" in args.only:
         triggers, tasks = args.moonshot
@@ -258,6 +279,7 @@ def plan(args: argparse.Namespace) -> list[Run]:
                 "moonshot",
                 (Group("ours", triggers, tasks),),
                 duration,
+                spread,
                 max(grace, MOONSHOT_GRACE),
             )
         )
@@ -303,6 +325,19 @@ class Heartbeat:
             key = int((at - since) / LAG_BIN)
             bins[key] = max(bins.get(key, 0.0), lag)
         return [(round(key * LAG_BIN, 2), round(lag * 1e3, 3)) for key, lag in sorted(bins.items())]
+
+
+def seconds_to_end(mean: float, spread: float, number: int) -> float:
+    """
+    Seconds from the burst to job ``number``'s end: ``mean`` +/- ``spread / 2``, spread evenly.
+
+    Jobs that all took exactly 60 s would end in phase with every fixed poke of 5, 15 or 30 s
+    (started together, a fixed poke comes exactly at 60 s), so a fixed poke would find each job the
+    moment it ends. Real jobs end at any phase of a poke interval; a spread at least as wide as the
+    longest poke interval gives each of them the same chance. The sequence (golden-ratio steps) is the
+    same in every run, so all rows wait for the same set of jobs.
+    """
+    return mean + ((number * GOLDEN_RATIO) % 1.0 - 0.5) * spread
 
 
 async def sleep_only(end: float, interval: float) -> tuple[str, int]:
@@ -393,20 +428,25 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     cpu_before = time.process_time()
     origin = time.perf_counter()
     started = time.time()
-    end = started + run["job_duration"]
+    last_end = started + run["job_duration"] + run["job_spread"] / 2
     # Our triggers' own deadline is the grace's end; the cut-off comes later, so that they report it.
-    limit = run["job_duration"] + run["grace"] + 10
+    deadline = last_end + run["grace"]
+    limit = deadline + 10 - started
     # What the triggerer reads from its database in one go when every trigger was deferred at once.
-    workloads: list[tuple[int, dict[str, Any], list[str]]] = []
+    workloads: list[tuple[int, dict[str, Any], list[str], float]] = []
     for index, group in enumerate(groups):
         per = group["tasks_per_trigger"]
         for number in range(group["triggers"]):
-            ids = [make_task_id(f"g{index}", end, group["eta"], number * per + i) for i in range(per)]
-            workloads.append((index, group, ids))
+            jobs = [number * per + i for i in range(per)]
+            ends = [started + seconds_to_end(run["job_duration"], run["job_spread"], job) for job in jobs]
+            ids = [
+                make_task_id(f"g{index}", end, group["eta"], job) for end, job in zip(ends, jobs, strict=True)
+            ]
+            workloads.append((index, group, ids, max(ends)))
     fired: list[tuple[int, float | None, str, int]] = []
     errors: set[str] = set()
 
-    async def timed(index: int, waiting: Any) -> None:
+    async def timed(index: int, waiting: Any, end: float) -> None:
         try:
             status, wakeups = await waiting
         except Exception as err:  # a trigger that raises fails its task on a triggerer: count it
@@ -419,14 +459,14 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     # before and after making each trigger, then creates its task, so triggers made earlier already
     # run while later ones are made, and the heartbeat gets its turns.
     tasks = []
-    for index, group, ids in workloads:
+    for index, group, ids, end in workloads:
         await asyncio.sleep(0)
         if group["kind"] == "floor":
             waiting = sleep_only(end, group["poke_interval"])
         else:
-            waiting = fire(make_trigger(group, ids, end + run["grace"], defaults))
+            waiting = fire(make_trigger(group, ids, deadline, defaults))
         await asyncio.sleep(0)
-        tasks.append(asyncio.create_task(timed(index, waiting)))
+        tasks.append(asyncio.create_task(timed(index, waiting, end)))
     _, pending = await asyncio.wait(tasks, timeout=limit)
     for task in pending:
         task.cancel()
@@ -437,7 +477,7 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     heartbeat.stopped = True
     await beating
     lags = [lag for _, lag in heartbeat.samples]
-    cut_off = Counter(index for index, _, _ in workloads)
+    cut_off = Counter(index for index, *_ in workloads)
     cut_off.subtract(index for index, *_ in fired)
     return {
         "wall": finished - origin,
@@ -596,7 +636,7 @@ def run_child(run: Run, server: JobServer, workdir: Path) -> dict[str, Any]:
         child.stdin.write("go\n")
         child.stdin.flush()
         try:
-            code = child.wait(run.job_duration + run.grace + 180)
+            code = child.wait(run.last_end + run.grace + 180)
         except subprocess.TimeoutExpired:
             raise RunFailed(f"the measured process did not finish in time; see {log_path}") from None
         if code != 0:
@@ -665,6 +705,7 @@ class Measured:
             "triggers": run.triggers,
             "jobs": run.jobs,
             "job_duration_s": run.job_duration,
+            "job_spread_s": run.job_spread,
             "grace_s": run.grace,
             "wall_s": rounded(raw["wall"]),
             "cpu_s": rounded(raw["cpu"], 3),
@@ -896,7 +937,7 @@ def tables(
 ) -> str:
     out = [
         f"Measured {context['date']} on {context['machine']['summary']}; jobs of "
-        f"{context['options']['job_duration']:g} s; one run each.",
+        f"{job_range(context['options'])}; one run each.",
         "",
         "| row | jobs | req/job | CPU/job | cores | RSS/job | over floor | lag p50 / p99 / max | "
         "delay p50 / max | TCP | wall |",
@@ -982,6 +1023,12 @@ def run_notes(runs: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def job_range(options: dict[str, Any]) -> str:
+    low = options["job_duration"] - options["job_spread"] / 2
+    high = options["job_duration"] + options["job_spread"] / 2
+    return f"{low:g}-{high:g} s ({options['job_duration']:g} s on average)"
+
+
 def machine() -> dict[str, Any]:
     model = "unknown CPU"
     try:
@@ -1058,9 +1105,7 @@ def coarser(timeline: list[list[float]], wall: float) -> list[tuple[float, float
     return sorted(bins.items())
 
 
-def plots(
-    rows: list[dict[str, Any]], runs: list[dict[str, Any]], output: Path, job_duration: float
-) -> list[Path]:
+def plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], output: Path, jobs: str) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1165,17 +1210,31 @@ def plots(
             spread = [[0] * len(selected), [max(0.0, r["delay_max_s"] - r["delay_p50_s"]) for r in selected]]
             # Points, not a line: the settings are not an ordered series.
             axes.errorbar(xs, ys, xerr=spread, fmt="o", color=color, label=title, capsize=3, alpha=0.85)
+            # Points that (nearly) coincide share one label instead of printing over each other.
+            tags: dict[tuple[float, float], list[str]] = {}
             for row, x, y in zip(selected, xs, ys, strict=True):
                 if row["kind"] == "peer":
                     tag = f"{row['poke_interval']:g} s"
                 else:
                     tag = f"{row['poll_interval']:g}/{row['max_poll_interval']:g}"
-                axes.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                spot = next((k for k in tags if abs(k[0] - x) < 1.5 and abs(k[1] - y) < 0.3), (x, y))
+                tags.setdefault(spot, []).append(tag)
+            for (x, y), names in tags.items():
+                axes.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         axes.set_ylim(bottom=0)
         axes.set_xlim(left=0)
         axes.set_xlabel("detection delay: event after the job's end, p50 (bar to max), s")
+        axes.text(
+            0.99,
+            0.02,
+            "labels: poll_interval/max_poll_interval (s), or the peer's poke interval",
+            transform=axes.transAxes,
+            ha="right",
+            fontsize=7,
+            color="dimgray",
+        )
         axes.set_ylabel("requests per job")
-        axes.set_title(f"Requests per job against detection delay ({job_duration:g} s jobs)")
+        axes.set_title(f"Requests per job against detection delay; jobs of {jobs}")
         axes.grid(True, which="both", alpha=0.3)
         axes.legend()
         figure.tight_layout()
@@ -1199,7 +1258,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run, about 2 minutes")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"of {', '.join(SECTIONS)}")
     parser.add_argument("--triggers", type=int, default=1000, help="in-flight jobs of the main rows")
-    parser.add_argument("--job-duration", type=float, default=60.0, help="seconds to every job's end")
+    parser.add_argument("--job-duration", type=float, default=60.0, help="mean seconds to a job's end")
+    parser.add_argument("--job-spread", type=float, default=30.0, help="job durations spread over this")
     parser.add_argument("--sweep", default="100,1000,10000", help="in-flight jobs of the sweep")
     parser.add_argument("--tradeoff-triggers", type=int, default=100, help="triggers per trade-off point")
     parser.add_argument("--moonshot", default="1000x50", help="triggers x tasks per trigger")
@@ -1245,6 +1305,7 @@ def main() -> None:
             "sections": args.only,
             "triggers": args.triggers,
             "job_duration": args.job_duration,
+            "job_spread": args.job_spread,
             "sweep": args.sweep,
             "tradeoff_triggers": args.tradeoff_triggers,
             "tradeoff_pokes": list(args.tradeoff_pokes),
@@ -1253,7 +1314,7 @@ def main() -> None:
             "heartbeat_s": HEARTBEAT,
         },
     }
-    print(f"{len(runs)} runs, jobs of {args.job_duration:g} s; work directory {workdir}", flush=True)
+    print(f"{len(runs)} runs, jobs of {job_range(context['options'])}; work directory {workdir}", flush=True)
     measured: list[Measured] = []
     failed: dict[str, str] = {}
     server = JobServer.start(workdir)
@@ -1288,7 +1349,7 @@ def main() -> None:
     (output / "latest.json").write_text(json.dumps(document, indent=1))
     text = tables(rows, run_figures, checks, context, failed)
     (output / "latest.md").write_text(text + "\n")
-    written = plots(rows, run_figures, output, args.job_duration)
+    written = plots(rows, run_figures, output, job_range(context["options"]))
     print()
     print(text)
     print()
