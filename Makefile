@@ -55,6 +55,9 @@ test-floor: $(FLOOR)
 benchmark: $(BENCH)
 	$(BENCH_PYTHON) benchmarks/triggerer_polling.py --output-dir $(BENCHMARK_OUTPUT) $(BENCHMARK_ARGS)
 	$(BENCH_PYTHON) benchmarks/persist_memory.py
+	$(BENCH_PYTHON) benchmarks/worker_submissions.py --output $(BENCHMARK_OUTPUT)/worker_submissions.json
+	$(BENCH_PYTHON) benchmarks/import_cost.py --output $(BENCHMARK_OUTPUT)/import_cost.json
+	$(BENCH_PYTHON) benchmarks/deferral_slots.py --output $(BENCHMARK_OUTPUT)/deferral_slots.json $(SLOTS_ARGS)
 
 # A smoke run of the triggerer benchmark (about 2 minutes); its figures mean nothing.
 benchmark-quick: $(BENCH)

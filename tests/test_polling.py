@@ -60,10 +60,15 @@ class TestPolicy:
         wanted = max(eta, PollingPolicy().poll_interval)
         assert wanted < wait <= wanted * 1.05 + ETA_MARGIN
 
+    @settings(max_examples=300, derandomize=True, database=None)
+    @given(elapsed=st.floats(min_value=0, max_value=100_000), seed=st.integers(min_value=0, max_value=2**32))
+    def test_a_guessed_wait_never_passes_the_cap(self, elapsed: float, seed: int) -> None:
+        assert PollingPolicy().delay(elapsed, None, random.Random(seed)) <= PollingPolicy().max_poll_interval
+
     def test_jitter_spreads_guessed_waits_within_its_fraction(self) -> None:
         rng = random.Random(42)
         delays = [
-            PollingPolicy(poll_interval=10, max_poll_interval=10).delay(30, None, rng) for _ in range(200)
+            PollingPolicy(poll_interval=10, max_poll_interval=20).delay(0, None, rng) for _ in range(200)
         ]
         assert 8.0 <= min(delays) < 8.5
         assert 11.5 < max(delays) <= 12.0
