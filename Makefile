@@ -14,6 +14,8 @@ BENCH_VENV := .venv-bench
 # Where the triggerer benchmark writes latest.json, latest.md and its plots; BENCHMARK_ARGS go to it too
 # (e.g. BENCHMARK_ARGS="--only main,tradeoff").
 BENCHMARK_OUTPUT ?= benchmarks/results
+# Flags for benchmarks/deferral_slots.py, e.g. --skip-sync: its run without deferral takes ~10 minutes.
+SLOTS_ARGS ?=
 BENCHMARK_ARGS ?=
 
 .PHONY: demo test lint test-newest test-floor benchmark benchmark-quick clean
