@@ -350,3 +350,21 @@ async def test_concurrent_waits_on_one_hook_each_keep_their_own_session(novita_c
     )
     assert [outcome.status.value for outcome in outcomes] == ["success", "success"]
     assert len(shared_async_transports) == 0
+
+
+def test_close_closes_the_sync_transport_the_hook_made(
+    novita_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[httpx.HTTPTransport] = []
+
+    class Recording(httpx.HTTPTransport):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    monkeypatch.setattr("airflow_provider_novita.hooks.novita.httpx.HTTPTransport", Recording)
+    hook = NovitaHook(novita_conn)
+    made = hook.transport
+    hook.close()
+    assert closed == [made]
+    assert hook.transport is not made, "a closed hook makes a new transport if used again"

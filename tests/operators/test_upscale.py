@@ -462,10 +462,10 @@ class TestOutputPath:
         assert fake.requests == []
 
 
-def test_the_sync_client_is_closed_when_the_task_ends(fake: FakeNovita) -> None:
+def test_the_sync_transport_is_released_when_the_task_ends(fake: FakeNovita) -> None:
     op = operator(deferrable=False)
     op.execute(context())
-    assert "client" not in op.hook.__dict__
+    assert "transport" not in op.hook.__dict__
 
 
 class TestConcurrentSubmissions:

@@ -248,7 +248,7 @@ class TestArguments:
         assert not fake.polls
 
 
-def test_the_sync_client_is_closed_when_the_task_ends(fake: FakeNovita) -> None:
+def test_the_sync_transport_is_released_when_the_task_ends(fake: FakeNovita) -> None:
     waiting = sensor()
     waiting.execute(context())
-    assert "client" not in waiting.hook.__dict__
+    assert "transport" not in waiting.hook.__dict__
