@@ -120,6 +120,24 @@ def check_image_url(value: object) -> str:
     return url
 
 
+def check_image_urls(image: object) -> list[str]:
+    """The source URLs of ``image`` (one URL or a non-empty list of them), checked and stripped."""
+    if isinstance(image, str):
+        return [check_image_url(image)]
+    if not isinstance(image, (list, tuple)) or not image:
+        raise ValueError(
+            "image must be one http(s) URL or a non-empty list of them; got "
+            + ("an empty list" if isinstance(image, (list, tuple)) else f"a {type(image).__name__}")
+        )
+    urls = []
+    for position, url in enumerate(image):
+        try:
+            urls.append(check_image_url(url))
+        except ValueError as err:
+            raise ValueError(f"{err} (at position {position} of the image list)") from None
+    return urls
+
+
 def redact_url(url: object) -> str:
     """
     A URL as it may appear in a log line or a message: scheme, host, port and path only.

@@ -20,7 +20,7 @@ from airflow_provider_novita.models import (
     TaskStatus,
     UpscaleRequest,
     check_choice,
-    check_image_url,
+    check_image_urls,
     is_plain_literal,
     redact_url,
 )
@@ -45,24 +45,6 @@ DEFAULT_SUBMIT_CONCURRENCY = 8
 # A result URL that expires sooner than this is not worth reattaching to: it would be gone before a
 # downstream task or the download to output_path could use it.
 MIN_URL_LIFETIME = 300.0
-
-
-def image_urls(image: object) -> list[str]:
-    """The source URLs of ``image`` (one URL or a non-empty list of them), checked and stripped."""
-    if isinstance(image, str):
-        return [check_image_url(image)]
-    if not isinstance(image, (list, tuple)) or not image:
-        raise ValueError(
-            "image must be one http(s) URL or a non-empty list of them; got "
-            + ("an empty list" if isinstance(image, (list, tuple)) else f"a {type(image).__name__}")
-        )
-    urls = []
-    for position, url in enumerate(image):
-        try:
-            urls.append(check_image_url(url))
-        except ValueError as err:
-            raise ValueError(f"{err} (at position {position} of the image list)") from None
-    return urls
 
 
 class UpscaleOperator(BaseOperator):
@@ -149,7 +131,7 @@ class UpscaleOperator(BaseOperator):
         self.timeout = to_seconds("timeout", timeout)
         # Fail at parse time for what the DAG file spells out; the rest is checked when the task starts.
         if is_plain_literal(image):
-            image_urls(image)
+            check_image_urls(image)
         if is_plain_literal(resolution):
             check_choice("resolution", resolution, RESOLUTIONS)
         if is_plain_literal(output_format):
@@ -162,7 +144,9 @@ class UpscaleOperator(BaseOperator):
         return NovitaHook(self.novita_conn_id)
 
     def _requests(self) -> list[UpscaleRequest]:
-        return [UpscaleRequest(url, self.resolution, self.output_format) for url in image_urls(self.image)]
+        return [
+            UpscaleRequest(url, self.resolution, self.output_format) for url in check_image_urls(self.image)
+        ]
 
     def execute(self, context: Context) -> Any:
         try:

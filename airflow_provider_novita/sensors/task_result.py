@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, A
 from airflow_provider_novita.events import BatchOutcome
 from airflow_provider_novita.exceptions import NovitaError, NovitaTaskFailedError, NovitaTimeoutError
 from airflow_provider_novita.hooks.novita import NovitaHook
-from airflow_provider_novita.models import TaskResult, check_image_url, is_plain_literal
+from airflow_provider_novita.models import TaskResult, check_image_urls, is_plain_literal
 from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, BatchPoller, PollingPolicy
 from airflow_provider_novita.results import finish_batch
 from airflow_provider_novita.retry_memory import RetryMemory
@@ -44,13 +44,10 @@ def task_id_list(task_ids: object) -> list[str]:
 
 def source_list(images: object, count: int | None) -> list[str]:
     """The source URLs of ``images``, one per task id when ``count`` is known, checked and stripped."""
-    urls = [images] if isinstance(images, str) else images
-    if not isinstance(urls, (list, tuple)) or (count is not None and len(urls) != count):
-        raise ValueError(
-            f"images must hold one source URL per task id ({count}); got a {type(images).__name__}"
-            + (f" of {len(urls)}" if isinstance(urls, (list, tuple)) else "")
-        )
-    return [check_image_url(url) for url in urls]
+    urls = check_image_urls(images)
+    if count is not None and len(urls) != count:
+        raise ValueError(f"images must hold one source URL per task id ({count}); got {len(urls)}")
+    return urls
 
 
 class TaskResultSensor(BaseSensorOperator):
