@@ -11,7 +11,7 @@ The hook sends prepared ``httpx.Request`` objects straight through an httpx tran
 through an ``httpx.Client``: profiled on a poll, the client's per-request work (merging the base
 URL and query parameters, parsing the URL three times, extracting cookies Novita never sets) was
 about a third of the CPU this process spends on a request. What the client would add is built here
-once per connection instead: the headers, the timeouts, the URL prefix.
+once per connection instead: the headers and the timeouts; the URL is the base URL plus the path.
 """
 
 from __future__ import annotations

@@ -194,9 +194,9 @@ class TaskResultSensor(BaseSensorOperator):
         self, context: Context, poller: BatchPoller, finished: set[str], errors_before: int
     ) -> None:
         """Save what this poke changed, for the next poke of a rescheduled sensor (one entry per task)."""
-        memory = RetryMemory(context, STATE_STORE_KEY)
         if not self.reschedule:
             return
+        memory = RetryMemory(context, STATE_STORE_KEY)
         for task_id in finished:
             memory.set(task_id, poller.results[task_id].to_dict())
         if poller.consecutive_errors != errors_before:
