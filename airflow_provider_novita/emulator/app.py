@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .errors import (
     API_NOT_FOUND,
@@ -34,6 +35,7 @@ from .errors import (
     ApiError,
     invalid_field,
 )
+from .faults import ConnectionDropped
 from .imaging import OUTPUT_CONTENT_TYPES, RESOLUTION_LONG_EDGE
 from .outputs import DownloadOutcome
 from .service import OUTPUTS_ENDPOINT, RESULT_ENDPOINT, SUBMIT_ENDPOINT, USER_ENDPOINT, EmulatorService
@@ -75,6 +77,15 @@ def create_app(service: EmulatorService) -> FastAPI:
     async def api_error(_request: Request, exc: ApiError) -> Response:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(ConnectionDropped)
+    async def dropped(request: Request, _exc: ConnectionDropped) -> Response:
+        service.count_dropped_connection()
+        # Closing a socket with unread request bytes makes the kernel answer RST, and the client then
+        # sees a reset before or after the truncated answer depending on timing. Reading the body first
+        # makes every drop the same: a truncated answer, then the end of the connection.
+        await _body_unless_gone(request)
+        return TruncatedResponse(b'{"code": 503}', media_type="application/json")
+
     @app.exception_handler(StarletteHTTPException)
     async def unrouted(request: Request, exc: StarletteHTTPException) -> Response:
         # A known path with the wrong method is as unknown to the API's router as a wrong path.
@@ -96,8 +107,18 @@ def create_app(service: EmulatorService) -> FastAPI:
     @app.post("/v3/async/image-upscaler")
     async def submit(request: Request) -> Response:
         await admit(request, SUBMIT_ENDPOINT)
-        image, resolution, output_format = parse_submission(await request.body())
-        return JSONResponse({"task_id": service.submit(image, resolution, output_format)})
+        raw_body = await _body_unless_gone(request)
+        if raw_body is None:
+            # The client went away while the request waited (latency): it can read no answer, so
+            # the emulator creates nothing. lost_answer_rate models the other possibility.
+            service.count_abandoned_submission()
+            return Response(status_code=499)
+        image, resolution, output_format = parse_submission(raw_body)
+        body = {"task_id": service.submit(image, resolution, output_format)}
+        if service.faults.lose_answer():
+            service.count_lost_answer(image)
+            return TruncatedResponse(json.dumps(body).encode(), media_type="application/json")
+        return JSONResponse(body)
 
     @app.get("/v3/async/task-result")
     async def task_result(request: Request) -> Response:
@@ -161,6 +182,15 @@ def create_app(service: EmulatorService) -> FastAPI:
         return JSONResponse(service.stats())
 
     return app
+
+
+async def _body_unless_gone(request: Request) -> bytes | None:
+    """The request body, or None if the client has disconnected."""
+    try:
+        body = await request.body()
+    except ClientDisconnect:
+        return None
+    return None if await request.is_disconnected() else body
 
 
 def parse_submission(raw_body: bytes) -> tuple[str, str, str]:

@@ -40,9 +40,17 @@ class EmulatorConfig:
         rate_limit_rate / rate_limit_first: fraction of ``/v3`` requests, or the first N requests to
             each ``/v3`` endpoint, answered 429 ``RATE_LIMIT_EXCEEDED``.
         retry_after: when set, 429 answers carry ``Retry-After`` with this many seconds.
+        retry_after_share: the fraction of 429 answers that carry it (when ``retry_after`` is set),
+            drawn per answer: real rate limiters are not consistent about it.
         error_rate / error_first: same two forms for 503 ``SERVICE_UNAVAILABLE``; the first
             ``error_first`` requests after the rate-limited ones fail this way.
-        latency: seconds added to every ``/v3`` answer (the event loop keeps serving meanwhile).
+        drop_rate: fraction of ``/v3`` requests whose connection is dropped mid-answer before the
+            request is handled: nothing is created or billed, and the client cannot know that.
+        lost_answer_rate: fraction of accepted submissions whose answer is lost: the task is created
+            and billed, then the connection drops mid-answer. Without an idempotency key no client
+            can avoid paying twice for these if it submits again; ``stats()`` counts them apart.
+        latency: seconds added to every ``/v3`` answer (the event loop keeps serving meanwhile). A
+            submission whose client disconnected during that wait creates no task.
         truncate_downloads: the first N downloads of each result announce the full Content-Length,
             send half of the bytes and drop the connection.
         output_ttl: seconds a result URL stays valid after the task completes; afterwards it answers
@@ -64,8 +72,11 @@ class EmulatorConfig:
     rate_limit_rate: float = 0.0
     rate_limit_first: int = 0
     retry_after: float | None = None
+    retry_after_share: float = 1.0
     error_rate: float = 0.0
     error_first: int = 0
+    drop_rate: float = 0.0
+    lost_answer_rate: float = 0.0
     latency: float = 0.0
     truncate_downloads: int = 0
     output_ttl: float = 3600.0
@@ -75,7 +86,14 @@ class EmulatorConfig:
         # Fail at construction rather than with a confusing behaviour halfway through a test run.
         if not self.api_key:
             raise ValueError("api_key must not be empty")
-        for name in ("failure_rate", "rate_limit_rate", "error_rate"):
+        for name in (
+            "failure_rate",
+            "rate_limit_rate",
+            "retry_after_share",
+            "error_rate",
+            "drop_rate",
+            "lost_answer_rate",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")

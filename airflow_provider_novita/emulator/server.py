@@ -122,6 +122,10 @@ class EmulatorServer:
         """The counters also served at ``GET /_emulator/stats``."""
         return self._call_on_loop(self._service.stats)
 
+    def tasks(self) -> list[dict[str, Any]]:
+        """Every task created so far, in order: ``task_id``, ``image``, ``status`` and ``reason``."""
+        return self._call_on_loop(self._service.task_summaries)
+
     def reset(self) -> None:
         """Forget all tasks, results and counters, as ``POST /_emulator/reset`` does (while running)."""
         self._run_on_loop(self._service.reset())

@@ -70,6 +70,9 @@ class EmulatorService:
         self._requests: Counter[str] = Counter(dict.fromkeys(COUNTED_ENDPOINTS, 0))
         self._accepted_submissions = 0
         self._submissions_by_image: Counter[str] = Counter()
+        self._lost_answers_by_image: Counter[str] = Counter()
+        self._dropped_connections = 0
+        self._abandoned_submissions = 0
 
     async def start(self) -> None:
         """Acquire the worker pool and the download client; called once the event loop runs."""
@@ -109,6 +112,15 @@ class EmulatorService:
 
     def count_request(self, endpoint: str) -> None:
         self._requests[endpoint] += 1
+
+    def count_dropped_connection(self) -> None:
+        self._dropped_connections += 1
+
+    def count_abandoned_submission(self) -> None:
+        self._abandoned_submissions += 1
+
+    def count_lost_answer(self, image: str) -> None:
+        self._lost_answers_by_image[image] += 1
 
     def submit(self, image: str, resolution: str, output_format: str) -> str:
         """Bill and create a task, and start its image job; returns the task id."""
@@ -195,11 +207,22 @@ class EmulatorService:
     def download(self, name: str) -> Download:
         return self._outputs.download(name)
 
+    def task_summaries(self) -> list[dict[str, Any]]:
+        return [
+            {"task_id": task.task_id, "image": task.image, "status": view.status, "reason": view.reason}
+            for task in self._tasks.all()
+            for view in (self._tasks.view(task),)
+        ]
+
     def stats(self) -> dict[str, Any]:
         return {
             "requests": dict(self._requests),
             "accepted_submissions": self._accepted_submissions,
             "submissions_by_image": dict(self._submissions_by_image),
+            # Created and billed, answer lost (lost_answer_rate): each one a task the client never saw.
+            "lost_answers_by_image": dict(self._lost_answers_by_image),
+            "dropped_connections": self._dropped_connections,
+            "abandoned_submissions": self._abandoned_submissions,
             "downloads_by_output": self._outputs.downloads_by_output(),
             "tasks_by_status": self._tasks.count_by_status(),
         }

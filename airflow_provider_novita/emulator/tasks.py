@@ -121,6 +121,10 @@ class TaskStore:
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
 
+    def all(self) -> list[Task]:
+        """Every task, in the order of creation."""
+        return list(self._tasks.values())
+
     def finish(self, task: Task, output_name: str | None = None, failure_reason: str = "") -> float:
         """Record the end of the image work; returns the instant the task becomes terminal."""
         work_done_at = self._clock()

@@ -179,3 +179,78 @@ def test_ttl_can_be_sent_as_a_string(api_factory: Callable[..., EmulatorApi]) ->
     result = api.wait(api.submit_ok(resolution="2k"))
 
     assert result["images"][0]["image_url_ttl"] == "3600"
+
+
+def test_retry_after_share_puts_the_header_on_that_fraction_of_429s(
+    api_factory: Callable[..., EmulatorApi],
+) -> None:
+    api = api_factory(rate_limit_rate=1.0, retry_after=1, retry_after_share=0.5, seed=11)
+
+    headers = [api.submit(resolution="2k").headers.get("retry-after") for _ in range(200)]
+
+    assert set(headers) == {"1", None}
+    assert 60 <= headers.count("1") <= 140  # seeded: the same split on every run
+
+
+def test_a_dropped_connection_creates_and_bills_nothing(api_factory: Callable[..., EmulatorApi]) -> None:
+    api = api_factory(drop_rate=1.0)
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.submit(resolution="2k")
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.result("any-task")
+
+    stats = api.stats()
+    assert stats["dropped_connections"] == 2
+    assert stats["accepted_submissions"] == 0
+    assert stats["submissions_by_image"] == {}
+
+
+def test_a_lost_answer_bills_a_task_the_client_never_learns_of(
+    api_factory: Callable[..., EmulatorApi],
+) -> None:
+    api = api_factory(lost_answer_rate=1.0, job_duration=0.1)
+    image = api.sample_url()
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.submit(image, resolution="2k")
+
+    stats = api.stats()
+    assert stats["accepted_submissions"] == 1
+    assert stats["submissions_by_image"] == {image: 1}
+    assert stats["lost_answers_by_image"] == {image: 1}
+    assert stats["dropped_connections"] == 0
+    assert sum(stats["tasks_by_status"].values()) == 1
+
+
+def test_faults_are_drawn_per_request_from_the_seed(api_factory: Callable[..., EmulatorApi]) -> None:
+    def outcomes(api: EmulatorApi) -> list[str]:
+        seen = []
+        for _ in range(60):
+            try:
+                seen.append(str(api.submit(resolution="2k").status_code))
+            # A dropped connection reaches the client as an early end of stream or, when the server
+            # closes with bytes still unread, as a connection reset: which one is timing, not the draw.
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                seen.append("dropped")
+        return seen
+
+    config = {"drop_rate": 0.2, "lost_answer_rate": 0.2, "rate_limit_rate": 0.1, "seed": 5}
+    first, second = outcomes(api_factory(**config)), outcomes(api_factory(**config))
+
+    assert first == second
+    assert {"dropped", "200", "429"} <= set(first)
+
+
+def test_a_submission_whose_client_left_during_the_latency_creates_nothing(
+    api_factory: Callable[..., EmulatorApi],
+) -> None:
+    api = api_factory(latency=1.0)
+
+    with pytest.raises(httpx.ReadTimeout):
+        api.client.post("/v3/async/image-upscaler", json={"image": api.sample_url()}, timeout=0.2)
+    time.sleep(1.5)  # the handler wakes from its latency and finds the client gone
+
+    stats = api.stats()
+    assert stats["abandoned_submissions"] == 1
+    assert stats["accepted_submissions"] == 0

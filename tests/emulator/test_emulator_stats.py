@@ -73,3 +73,27 @@ def test_python_reset_restarts_injected_faults(api_factory: Callable[..., Emulat
 
     assert api.client.get("/v3/user").status_code == 429
     assert api.stats()["requests"]["user"] == 1
+
+
+def test_tasks_lists_every_task_in_order_with_its_status_and_reason(
+    api_factory: Callable[..., EmulatorApi],
+) -> None:
+    api = api_factory(failure_rate=1.0)
+    landscape, portrait = api.sample_url("landscape.png"), api.sample_url("portrait.jpg")
+    first, second = api.submit_ok(landscape, resolution="2k"), api.submit_ok(portrait, resolution="2k")
+    api.wait(first), api.wait(second)
+
+    assert api.server.tasks() == [
+        {
+            "task_id": first,
+            "image": landscape,
+            "status": "TASK_STATUS_FAILED",
+            "reason": "TASK_FAILED: injected failure",
+        },
+        {
+            "task_id": second,
+            "image": portrait,
+            "status": "TASK_STATUS_FAILED",
+            "reason": "TASK_FAILED: injected failure",
+        },
+    ]
