@@ -83,6 +83,10 @@ Flags:
   trade-off point (pokes 2 and 5 s), moonshot 20 x 10, grace 30 s (flags given as well still win).
   Its figures mean nothing.
 * ``--only main,sweep,tradeoff,moonshot``: run only these sections (default all).
+* ``--rows NAME,...``: of those sections, run only the runs so named (e.g. ``floor,ours-eta``; the
+  names are the ``run`` fields of ``latest.json``). With short jobs too (``--job-duration 10
+  --job-spread 5 --grace 20``), the burst against the floor in under a minute; its other figures
+  (CPU, delays) then mean little, as with ``--quick``.
 * ``--triggers N``: in-flight jobs of the main rows (default 1000).
 * ``--job-duration S``: mean seconds from the burst to a job's end (default 60).
 * ``--job-spread S``: job durations spread evenly over this many seconds around the mean (default
@@ -1258,6 +1262,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smoke run, about 2 minutes")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"of {', '.join(SECTIONS)}")
+    parser.add_argument("--rows", default="", help="run only these runs of the sections, e.g. floor,ours-eta")
     parser.add_argument("--triggers", type=int, default=1000, help="in-flight jobs of the main rows")
     parser.add_argument("--job-duration", type=float, default=60.0, help="mean seconds to a job's end")
     parser.add_argument("--job-spread", type=float, default=30.0, help="job durations spread over this")
@@ -1294,6 +1299,11 @@ def main() -> None:
     # SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, so every process started is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = plan(args)
+    if args.rows:
+        wanted = {name.strip() for name in args.rows.split(",") if name.strip()}
+        if unknown := wanted - {run.name for run in runs}:
+            sys.exit(f"no such runs in {', '.join(args.only)}: {', '.join(sorted(unknown))}")
+        runs = [run for run in runs if run.name in wanted]
     output: Path = args.output_dir
     output.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="triggerer-bench-"))
@@ -1304,6 +1314,7 @@ def main() -> None:
         "options": {
             "quick": args.quick,
             "sections": args.only,
+            "rows": args.rows,
             "triggers": args.triggers,
             "job_duration": args.job_duration,
             "job_spread": args.job_spread,

@@ -5,7 +5,8 @@ Measured on peers (see the README's performance section): an httpx client costs 
 tens of milliseconds, most of it its own SSL context, and a client per trigger opens a TCP
 connection per poll. So every transport here shares one SSL context per process, keeps connections
 alive longer than the longest poll interval, and on the triggerer all triggers of one event loop
-that use the same connection share one transport (:data:`shared_async_transports`).
+that use the same connection share one transport (:data:`shared_async_transports`) and, for
+:data:`SETTINGS_TTL` seconds, one lookup of the connection (:data:`connection_settings`).
 
 The hook sends prepared ``httpx.Request`` objects straight through an httpx transport rather than
 through an ``httpx.Client``: profiled on a poll, the client's per-request work (merging the base
@@ -20,6 +21,7 @@ import asyncio
 import functools
 import json
 import time
+import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,7 +34,7 @@ from airflow_provider_novita.polling import DEFAULT_MAX_POLL_INTERVAL
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 
     from airflow.sdk import Connection
 
@@ -52,6 +54,9 @@ MAX_IN_FLIGHT = 32
 # lone job never waits: its allowance is full.
 ADMISSION_RATE = 1000.0
 ADMISSION_BURST = 100.0
+# How long the settings of a connection, once looked up on an event loop, serve its new sessions: the
+# longest a connection edited in Airflow can go unnoticed by new triggers.
+SETTINGS_TTL = 10.0
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,77 @@ def shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+async def ashared_ssl_context() -> ssl.SSLContext:
+    """
+    :func:`shared_ssl_context` for the event loop: the first call, which blocks for tens of
+    milliseconds, runs in a thread; later ones return at once, without a thread hop each.
+    """
+    if shared_ssl_context.cache_info().currsize:
+        return shared_ssl_context()
+    return await asyncio.to_thread(shared_ssl_context)
+
+
+# A connection's entry in a SettingsCache: the lookup's start plus the TTL, and the lookup's task until
+# it is done, then its settings.
+_Kept = tuple[float, "asyncio.Task[ConnectionSettings] | ConnectionSettings"]
+
+
+class SettingsCache:
+    """
+    The :class:`ConnectionSettings` of each connection id, looked up at most once per event loop every
+    ``ttl`` seconds (:data:`SETTINGS_TTL`).
+
+    Profiled on a triggerer's burst (1000 triggers deferred at once), a lookup per trigger meant 1000
+    Connection objects and 1000 thread hops, whose threads kept the GIL from the event loop for tens
+    of milliseconds. Here lookups that overlap share one, and its settings then serve every session
+    opened within ``ttl`` seconds of its start without suspending it, so that the sessions of a burst
+    do not all wake in one iteration of the loop.
+
+    The bound on staleness: a session opened more than ``ttl`` seconds after a connection was edited in
+    Airflow uses settings looked up after the edit (Airflow's own secrets cache, if enabled, adds its
+    TTL). A session keeps the settings it started with. A failed lookup is not kept: the sessions
+    waiting for it get its error, and the next session looks again.
+    """
+
+    def __init__(self, ttl: float = SETTINGS_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        # Per event loop, since a lookup in progress is a task of its loop; weak, so that a loop's entries
+        # go with it.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Kept]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def get(
+        self, conn_id: str, lookup: Callable[[], Coroutine[Any, Any, ConnectionSettings]]
+    ) -> ConnectionSettings:
+        """The settings of ``conn_id``: the kept ones while fresh, else those ``lookup`` returns."""
+        loop = asyncio.get_running_loop()
+        entries = self._loops.setdefault(loop, {})
+        now = self.clock()
+        expires, kept = entries.get(conn_id, (now, None))
+        if kept is None or now >= expires:
+            kept = loop.create_task(lookup())
+            entries[conn_id] = (now + self.ttl, kept)
+            kept.add_done_callback(functools.partial(_settle, entries, conn_id))
+        if isinstance(kept, ConnectionSettings):
+            return kept
+        # Shielded: a session cancelled while it waits must not cancel the lookup others wait for.
+        return await asyncio.shield(kept)
+
+
+def _settle(entries: dict[str, _Kept], conn_id: str, lookup: asyncio.Task[ConnectionSettings]) -> None:
+    """Puts a finished lookup's settings in place of its task (which holds the loop); drops a failed one."""
+    expires, kept = entries.get(conn_id, (0.0, None))
+    if kept is not lookup:  # a newer lookup took its place
+        return
+    # Retrieving the exception also keeps asyncio from logging it when no session waited for it.
+    if lookup.cancelled() or lookup.exception() is not None:
+        del entries[conn_id]
+    else:
+        entries[conn_id] = (expires, lookup.result())
+
+
 class Admission:
     """
     A token bucket: requests start at once while the allowance lasts, then ``rate`` per second.
@@ -257,8 +333,7 @@ class SharedAsyncTransports:
         """
         key = (id(asyncio.get_running_loop()), settings, id(transport))
         if key not in self._shared:
-            # Off the loop: the first SSL context of the process blocks for tens of milliseconds.
-            verify = await asyncio.to_thread(shared_ssl_context)
+            verify = await ashared_ssl_context()
             if key not in self._shared:
                 self._shared[key] = SharedTransport(
                     transport or httpx.AsyncHTTPTransport(**settings.transport_options(verify)),
@@ -280,3 +355,4 @@ class SharedAsyncTransports:
 
 
 shared_async_transports = SharedAsyncTransports()
+connection_settings = SettingsCache()

@@ -15,6 +15,7 @@ import httpx
 from airflow.sdk import BaseHook
 from airflow.sdk import log as sdk_log
 
+from airflow_provider_novita import CONNECTION_FIELDS, CONNECTION_UI_FIELD_BEHAVIOUR
 from airflow_provider_novita.exceptions import (
     NovitaConnectionError,
     NovitaError,
@@ -26,6 +27,7 @@ from airflow_provider_novita.exceptions import (
 from airflow_provider_novita.hooks.clients import (
     ConnectionSettings,
     SharedTransport,
+    connection_settings,
     shared_async_transports,
     shared_ssl_context,
 )
@@ -54,6 +56,10 @@ _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
+# How long "Test connection" may retry before it answers.
+TEST_CONNECTION_SECONDS = 10.0
+
+
 class NovitaHook(BaseHook):
     """
     Talks to Novita AI's async image-upscaler API over httpx, synchronously and asynchronously.
@@ -67,9 +73,11 @@ class NovitaHook(BaseHook):
 
     The sync methods use one httpx transport (a connection pool) per hook, closed by :meth:`close`.
     The async side is an explicit :meth:`session`: it looks the connection up without blocking the
-    event loop and leases the transport shared by every session of the event loop and connection (see
-    :mod:`airflow_provider_novita.hooks.clients`, which also says why requests skip ``httpx.Client``).
-    The async convenience methods open a session each.
+    event loop, sharing the lookup with the sessions of the event loop opened within ``SETTINGS_TTL``
+    (10) seconds (a connection edited in Airflow reaches new sessions at most that late, see
+    :meth:`asettings`), and leases the transport shared by every session of the event loop and
+    connection (see :mod:`airflow_provider_novita.hooks.clients`, which also says why requests skip
+    ``httpx.Client``). The async convenience methods open a session each.
 
     :param novita_conn_id: the Airflow connection to use.
     :param transport: an httpx transport to send requests through instead of the network; meant for
@@ -96,6 +104,46 @@ class NovitaHook(BaseHook):
 
     # -- connection ---------------------------------------------------------------------------
 
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """
+        The connection form's standard fields, for Airflow 3.1, which reads them from here.
+
+        Airflow 3.2+ reads the same form from the provider info (``ui-field-behaviour``) and does
+        not call this; both come from one definition, so the form looks the same on every version.
+        """
+        behaviour = CONNECTION_UI_FIELD_BEHAVIOUR
+        return {
+            "hidden_fields": list(behaviour["hidden-fields"]),
+            "relabeling": dict(behaviour["relabeling"]),
+            "placeholders": dict(behaviour["placeholders"]),
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """
+        The connection form's extra fields, for Airflow 3.1 (3.2+ reads ``conn-fields``).
+
+        Its api-server stands in for WTForms and Flask-AppBuilder when they are not installed, so the
+        imports here succeed there; nothing else calls this.
+        """
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, StringField
+        from wtforms.validators import Optional
+
+        kinds = {"number": StringField, "integer": IntegerField}
+        widgets = {}
+        for name, field in CONNECTION_FIELDS.items():
+            kind = next(kind for kind in field["schema"]["type"] if kind != "null")
+            widgets[name] = kinds[kind](
+                lazy_gettext(field["label"]),
+                widget=BS3TextFieldWidget(),
+                validators=[Optional()],
+                description=field["description"],
+            )
+        return widgets
+
     @cached_property
     def settings(self) -> ConnectionSettings:
         conn = self.get_connection(self.novita_conn_id)
@@ -104,12 +152,20 @@ class NovitaHook(BaseHook):
         return ConnectionSettings.from_connection(conn)
 
     async def asettings(self) -> ConnectionSettings:
+        """
+        :attr:`settings`, looked up without blocking the event loop, and shared with the other hooks of
+        the loop for :data:`~airflow_provider_novita.hooks.clients.SETTINGS_TTL` seconds (see
+        :class:`~airflow_provider_novita.hooks.clients.SettingsCache`).
+        """
         if "settings" not in self.__dict__:
-            conn = await self.aget_connection(self.novita_conn_id)
-            for secret in _secrets(conn):
-                await _amask_secret(secret)
-            self.__dict__["settings"] = ConnectionSettings.from_connection(conn)
+            self.__dict__["settings"] = await connection_settings.get(self.novita_conn_id, self._alook_up)
         return self.settings
+
+    async def _alook_up(self) -> ConnectionSettings:
+        conn = await self.aget_connection(self.novita_conn_id)
+        for secret in _secrets(conn):
+            await _amask_secret(secret)
+        return ConnectionSettings.from_connection(conn)
 
     @property
     def retries(self) -> RetryPolicy:
@@ -190,9 +246,14 @@ class NovitaHook(BaseHook):
         return outcome
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check the key with ``GET /v3/user``, which is cheap and bills nothing."""
+        """
+        Check the key with ``GET /v3/user``, which is cheap and bills nothing.
+
+        Someone is waiting in the UI: retries stop after :data:`TEST_CONNECTION_SECONDS`, so an
+        unreachable host is reported in seconds rather than after the whole backoff.
+        """
         try:
-            user = self._request("GET", USER_PATH)
+            user = self._request("GET", USER_PATH, deadline=time.time() + TEST_CONNECTION_SECONDS)
             balance = user.get("credit_balance") if isinstance(user, dict) else None
             detail = (
                 f"; credit balance {balance / 10000:.2f} USD"

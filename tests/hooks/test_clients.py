@@ -1,12 +1,15 @@
-"""What a connection's requests are built from, and the admission that spreads bursts."""
+"""What a connection's requests are built from, the admission that spreads bursts, and the settings cache."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 
 import pytest
 
-from airflow_provider_novita.hooks.clients import Admission, ConnectionSettings
+from airflow_provider_novita.hooks import clients
+from airflow_provider_novita.hooks.clients import Admission, ConnectionSettings, SettingsCache
 
 
 class Clock:
@@ -55,3 +58,119 @@ class TestRequests:
         near = self.SETTINGS.request("GET", "/x", deadline=time.time() + 5)
         assert 0 < near.extensions["timeout"]["read"] <= 5
         assert near.extensions["timeout"]["connect"] <= 5
+
+
+class Lookups:
+    """A connection lookup that counts its calls and answers with the key it is set to."""
+
+    def __init__(self, key: str = "sk-1") -> None:
+        self.key = key
+        self.calls = 0
+        self.release = asyncio.Event()
+        self.release.set()
+        self.error: Exception | None = None
+
+    async def __call__(self) -> ConnectionSettings:
+        self.calls += 1
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return ConnectionSettings("https://novita.test", self.key)
+
+
+class TestSettingsCache:
+    async def test_overlapping_lookups_of_a_connection_are_one(self) -> None:
+        cache, lookup = SettingsCache(), Lookups()
+        lookup.release.clear()
+        waiting = [asyncio.ensure_future(cache.get("novita_default", lookup)) for _ in range(1000)]
+        await asyncio.sleep(0)
+        lookup.release.set()
+        settings = await asyncio.gather(*waiting)
+        assert lookup.calls == 1
+        assert len({id(s) for s in settings}) == 1
+
+    async def test_kept_settings_are_returned_without_suspending(self) -> None:
+        """A burst's sessions after the lookup go on in the same step, not all in one later iteration."""
+        cache, lookup = SettingsCache(), Lookups()
+        await cache.get("novita_default", lookup)
+        step = cache.get("novita_default", lookup).__await__()
+        with pytest.raises(StopIteration) as done:
+            step.send(None)
+        assert done.value.value.api_key == "sk-1"
+        assert lookup.calls == 1
+
+    async def test_an_edited_connection_is_looked_up_again_once_the_ttl_has_passed(self) -> None:
+        clock = Clock()
+        cache, lookup = SettingsCache(ttl=10, clock=clock), Lookups("sk-old")
+        assert (await cache.get("novita_default", lookup)).api_key == "sk-old"
+        lookup.key = "sk-new"
+        clock.now += 9.9
+        assert (await cache.get("novita_default", lookup)).api_key == "sk-old"
+        clock.now += 0.1
+        assert (await cache.get("novita_default", lookup)).api_key == "sk-new"
+        assert lookup.calls == 2
+
+    async def test_a_lookup_in_progress_for_longer_than_the_ttl_is_not_joined(self) -> None:
+        """The bound holds for a slow lookup too: a session after it looks the connection up afresh."""
+        clock = Clock()
+        cache, slow = SettingsCache(ttl=10, clock=clock), Lookups("sk-old")
+        slow.release.clear()
+        first = asyncio.ensure_future(cache.get("novita_default", slow))
+        await asyncio.sleep(0)
+        clock.now += 10
+        assert (await cache.get("novita_default", Lookups("sk-new"))).api_key == "sk-new"
+        slow.release.set()
+        assert (await first).api_key == "sk-old"
+        # The slow lookup, ending last, did not replace the newer settings.
+        assert (await cache.get("novita_default", Lookups("sk-other"))).api_key == "sk-new"
+
+    async def test_a_failed_lookup_reaches_its_waiters_and_is_not_kept(self) -> None:
+        cache, lookup = SettingsCache(), Lookups()
+        lookup.release.clear()
+        lookup.error = ValueError("Connection 'novita_default' has no API key")
+        waiting = [asyncio.ensure_future(cache.get("novita_default", lookup)) for _ in range(3)]
+        await asyncio.sleep(0)
+        lookup.release.set()
+        for outcome in await asyncio.gather(*waiting, return_exceptions=True):
+            assert isinstance(outcome, ValueError)
+        lookup.error = None
+        assert (await cache.get("novita_default", lookup)).api_key == "sk-1"
+        assert lookup.calls == 2
+
+    async def test_a_cancelled_session_does_not_cancel_the_lookup_others_wait_for(self) -> None:
+        cache, lookup = SettingsCache(), Lookups()
+        lookup.release.clear()
+        cancelled = asyncio.ensure_future(cache.get("novita_default", lookup))
+        other = asyncio.ensure_future(cache.get("novita_default", lookup))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        lookup.release.set()
+        assert (await other).api_key == "sk-1"
+        assert cancelled.cancelled()
+        assert lookup.calls == 1
+
+    async def test_connections_are_kept_apart(self) -> None:
+        cache, first, second = SettingsCache(), Lookups("sk-a"), Lookups("sk-b")
+        assert (await cache.get("novita_a", first)).api_key == "sk-a"
+        assert (await cache.get("novita_b", second)).api_key == "sk-b"
+
+    def test_each_event_loop_looks_up_on_its_own(self) -> None:
+        """A lookup in progress is a task of its loop, and nothing of a closed loop is kept."""
+        cache, lookup = SettingsCache(), Lookups()
+        for _ in range(2):
+            asyncio.run(cache.get("novita_default", lookup))
+        assert lookup.calls == 2
+        gc.collect()
+        assert len(cache._loops) == 0
+
+
+async def test_only_the_first_ssl_context_is_built_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building it blocks for milliseconds; returning it does not need a thread hop per lease."""
+    clients.shared_ssl_context()
+
+    def no_thread(*args: object) -> None:
+        raise AssertionError("a thread hop for an SSL context that already exists")
+
+    monkeypatch.setattr(clients.asyncio, "to_thread", no_thread)
+    assert await clients.ashared_ssl_context() is clients.shared_ssl_context()

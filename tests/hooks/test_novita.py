@@ -20,7 +20,12 @@ from airflow_provider_novita.exceptions import (
     NovitaServerError,
 )
 from airflow_provider_novita.hooks import clients
-from airflow_provider_novita.hooks.clients import MAX_IN_FLIGHT, shared_async_transports
+from airflow_provider_novita.hooks.clients import (
+    MAX_IN_FLIGHT,
+    SETTINGS_TTL,
+    connection_settings,
+    shared_async_transports,
+)
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.models import TaskStatus, UpscaleRequest
 from airflow_provider_novita.polling import PollingPolicy
@@ -295,6 +300,58 @@ class TestAsync:
             assert len({id(session._shared.transport) for session in sessions}) == 1
             assert closed == []
         assert len(closed) == 1
+
+    async def test_sessions_opened_at_once_look_the_connection_up_once(
+        self, novita_conn: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A burst of 1000 triggers deferred together: one lookup, not a thread hop and mask each."""
+        looked_up: list[str] = []
+        real = NovitaHook.aget_connection
+
+        async def counting(cls: type[NovitaHook], conn_id: str) -> object:
+            looked_up.append(conn_id)
+            return await real(conn_id)
+
+        monkeypatch.setattr(NovitaHook, "aget_connection", classmethod(counting))
+        transport = FakeNovita().transport()
+        keys: list[str] = []
+
+        async def use() -> None:
+            async with NovitaHook(novita_conn, transport=transport).session() as session:
+                keys.append(session._settings.api_key)
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(use() for _ in range(1000)))
+        assert looked_up == [novita_conn]
+        assert keys == [API_KEY] * 1000
+
+    async def test_an_edited_connection_reaches_new_sessions_after_the_ttl(
+        self, novita_conn: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        now = [1000.0]
+        monkeypatch.setattr(connection_settings, "clock", lambda: now[0])
+        seen: list[str] = []
+
+        def novita(request: httpx.Request) -> httpx.Response:
+            seen.append(request.headers["Authorization"])
+            return httpx.Response(200, json={"task_id": "t-1"})
+
+        def hook() -> NovitaHook:
+            return NovitaHook(novita_conn, transport=httpx.MockTransport(novita))
+
+        async with hook().session() as before:
+            await before.submit_upscale(REQUEST)
+            monkeypatch.setenv(
+                "AIRFLOW_CONN_NOVITA_DEFAULT",
+                '{"conn_type": "novita", "host": "https://novita.test", "password": "sk-new"}',
+            )
+            now[0] += SETTINGS_TTL - 0.1
+            await hook().asubmit_upscale(REQUEST)
+            now[0] += 0.1
+            await hook().asubmit_upscale(REQUEST)
+            # A session keeps the settings it started with.
+            await before.submit_upscale(REQUEST)
+        assert seen == [f"Bearer {API_KEY}", f"Bearer {API_KEY}", "Bearer sk-new", f"Bearer {API_KEY}"]
 
     async def test_retries_async_too(self, hook: NovitaHook, fake: FakeNovita) -> None:
         fake.script = (SUCCEED,)

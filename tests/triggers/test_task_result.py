@@ -167,6 +167,14 @@ async def test_many_triggers_never_block_the_event_loop(
         return shared
 
     monkeypatch.setattr(clients, "SharedTransport", counting)
+    looked_up: list[str] = []
+    real_lookup = NovitaHook.aget_connection
+
+    async def counting_lookup(cls: type[NovitaHook], conn_id: str) -> object:
+        looked_up.append(conn_id)
+        return await real_lookup(conn_id)
+
+    monkeypatch.setattr(NovitaHook, "aget_connection", classmethod(counting_lookup))
     batches = [[_submit(fake) for _ in range(2)] for _ in range(200)]
     for task_id in fake.scripts:
         fake.scripts[task_id] = (PROCESSING, SUCCEED)
@@ -199,6 +207,7 @@ async def test_many_triggers_never_block_the_event_loop(
     await beat
     assert [e.payload["status"] for e in events] == ["success"] * 200
     assert len(created) == 1, "all triggers of one connection share one transport"
+    assert looked_up == ["novita_default"], "the warm-up's lookup serves every trigger started after it"
     print(f"worst heartbeat gap {worst_gap:.3f}s")
     assert worst_gap < 0.2, f"event loop blocked for {worst_gap:.3f}s"
 
