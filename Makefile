@@ -1,14 +1,15 @@
 # The README's two commands: `make demo` and `make test`. Both need only Python 3 and make.
 #
-# The provider is tested against the newest Airflow 3 release and against the oldest one it
-# declares (pyproject.toml), each in its own virtual environment, with versions pinned by the
-# constraints files so that every machine installs the same thing.
+# The provider is tested against the newest Airflow 3 release and against the newest patch of each
+# older minor release down to the oldest it declares (pyproject.toml), each in its own virtual
+# environment (.venv-<version>), with versions pinned by the constraints files so that every machine
+# installs the same thing.
 
 PYTHON ?= python3
 AIRFLOW_NEWEST := 3.3.2
-AIRFLOW_FLOOR := 3.2.0
+# Oldest last: that one is the floor pyproject.toml declares.
+AIRFLOW_OLDER := 3.2.0 3.1.8
 VENV := .venv
-FLOOR_VENV := .venv-floor
 # The benchmarks' own environment: the peers they measure and the plotting stay out of the test environments.
 BENCH_VENV := .venv-bench
 # Where the triggerer benchmark writes latest.json, latest.md and its plots; BENCHMARK_ARGS go to it too
@@ -17,8 +18,10 @@ BENCHMARK_OUTPUT ?= benchmarks/results
 # Flags for benchmarks/deferral_slots.py, e.g. --skip-sync: its run without deferral takes ~10 minutes.
 SLOTS_ARGS ?=
 BENCHMARK_ARGS ?=
+# The chaos soak's seed and size (tests/cluster/soak.py --help); its report goes to soak-output/.
+SOAK_ARGS ?= --seed 20261125 --images 1000 --batch-size 10
 
-.PHONY: demo test lint test-newest test-floor benchmark benchmark-quick clean
+.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick soak clean
 
 # venv VENV_DIR AIRFLOW_VERSION CONSTRAINTS EXTRA: a virtual environment with the provider (editable) and EXTRA.
 define venv
@@ -29,18 +32,17 @@ $(1)/.installed-$(2): pyproject.toml $(3)
 	touch $$@
 endef
 $(eval $(call venv,$(VENV),$(AIRFLOW_NEWEST),constraints/airflow-$(AIRFLOW_NEWEST).txt,test))
-$(eval $(call venv,$(FLOOR_VENV),$(AIRFLOW_FLOOR),constraints/airflow-$(AIRFLOW_FLOOR).txt,test))
+$(foreach v,$(AIRFLOW_OLDER),$(eval $(call venv,.venv-$(v),$(v),constraints/airflow-$(v).txt,test)))
 $(eval $(call venv,$(BENCH_VENV),$(AIRFLOW_NEWEST),constraints/benchmark-airflow-$(AIRFLOW_NEWEST).txt,benchmark))
 
 NEWEST := $(VENV)/.installed-$(AIRFLOW_NEWEST)
-FLOOR := $(FLOOR_VENV)/.installed-$(AIRFLOW_FLOOR)
 BENCH := $(BENCH_VENV)/.installed-$(AIRFLOW_NEWEST)
 BENCH_PYTHON := $(BENCH_VENV)/bin/python
 
 demo: $(NEWEST)
 	$(VENV)/bin/python scripts/demo.py
 
-test: lint test-newest test-floor
+test: lint test-newest $(addprefix test-,$(AIRFLOW_OLDER))
 
 lint: $(NEWEST)
 	$(VENV)/bin/ruff check .
@@ -50,8 +52,12 @@ lint: $(NEWEST)
 test-newest: $(NEWEST)
 	$(VENV)/bin/python -m pytest
 
-test-floor: $(FLOOR)
-	$(FLOOR_VENV)/bin/python -m pytest
+# test-<version>: the suite in that version's environment.
+define tested
+test-$(1): .venv-$(1)/.installed-$(1)
+	.venv-$(1)/bin/python -m pytest
+endef
+$(foreach v,$(AIRFLOW_OLDER),$(eval $(call tested,$(v))))
 
 # One line per benchmark script, run one after another: they share a 2-core machine and must not overlap.
 benchmark: $(BENCH)
@@ -65,5 +71,10 @@ benchmark: $(BENCH)
 benchmark-quick: $(BENCH)
 	$(BENCH_PYTHON) benchmarks/triggerer_polling.py --quick --output-dir $(BENCHMARK_OUTPUT)/quick $(BENCHMARK_ARGS)
 
+# 1,000 images through the Celery cluster of tests/cluster while a triggerer and the worker are killed
+# (about 15 minutes; needs the local PostgreSQL and Redis). Not part of `make test`.
+soak: $(NEWEST)
+	$(VENV)/bin/python -m tests.cluster.soak $(SOAK_ARGS)
+
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) $(BENCH_VENV) demo-output
+	rm -rf $(VENV) $(addprefix .venv-,$(AIRFLOW_OLDER)) $(BENCH_VENV) demo-output soak-output

@@ -17,7 +17,7 @@ from airflow_provider_novita.retry_memory import RetryMemory
 from airflow_provider_novita.storage import Destination, persist_results
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from airflow.sdk import Context, ObjectStoragePath
 
@@ -51,6 +51,20 @@ def result_record(result: TaskResult, source_image: str | None) -> dict[str, Any
     }
 
 
+def reused_record(source_image: str, path: str, image_type: str) -> dict[str, Any]:
+    """The XCom record of an image not submitted because a previous run's file is still there."""
+    return {
+        "task_id": None,
+        "image": source_image,
+        "image_url": None,
+        "image_type": image_type,
+        "image_url_ttl": None,
+        "completed_at": None,
+        "path": path,
+        "reused": True,
+    }
+
+
 def finish_batch(
     context: Context,
     outcome: BatchOutcome,
@@ -60,27 +74,36 @@ def finish_batch(
     timeout_description: str,
     output_path: str | ObjectStoragePath | None,
     outlets: Sequence[object],
+    reused: Mapping[int, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """
     Turn the outcome into the task's return value: one record per image, in batch order.
 
     Raises for anything but full success. With ``output_path`` every image is first persisted and its
-    record gains ``path``; every :class:`~airflow.sdk.Asset` outlet's event gets ``count``, the
-    Novita ``task_ids`` and, when persisted, the ``paths`` in its extra.
+    record gains ``path`` (and ``"reused": False``); ``reused`` holds the records, by position in the
+    batch, of images that were not submitted because their file was already there, and the outcome's
+    results are those of the other positions, in order. Every :class:`~airflow.sdk.Asset` outlet's
+    event gets ``count``, the Novita ``task_ids`` and, with ``output_path``, the ``paths`` in its extra.
     """
+    reused = reused or {}
     results = outcome.results_or_raise(timeout_description)
-    if len(sources) != len(results):
-        raise NovitaError(f"{len(results)} results for {len(sources)} source images")
-    records = [result_record(result, source) for result, source in zip(results, sources, strict=True)]
+    positions = [position for position in range(len(sources)) if position not in reused]
+    if len(positions) != len(results):
+        raise NovitaError(f"{len(results)} results for {len(positions)} submitted source images")
+    submitted = [sources[position] for position in positions]
+    fresh = [result_record(result, source) for result, source in zip(results, submitted, strict=True)]
     if output_path:
-        paths = _persist(context, results, sources, resolution, output_path)
-        for record, path in zip(records, paths, strict=True):
+        paths = _persist(context, results, submitted, positions, resolution, output_path)
+        for record, path in zip(fresh, paths, strict=True):
             record["path"] = path
+            record["reused"] = False
+    by_position = dict(zip(positions, fresh, strict=True)) | dict(reused)
+    records = [by_position[position] for position in range(len(sources))]
     for outlet in outlets:
         if isinstance(outlet, Asset):
             extra = context["outlet_events"][outlet].extra
             extra["count"] = len(records)
-            extra["task_ids"] = [record["task_id"] for record in records]
+            extra["task_ids"] = [record["task_id"] for record in records if record["task_id"] is not None]
             if output_path:
                 extra["paths"] = [record["path"] for record in records]
     return records
@@ -90,6 +113,7 @@ def _persist(
     context: Context,
     results: Sequence[TaskResult],
     sources: Sequence[str | None],
+    positions: Sequence[int],
     resolution: str | None,
     output_path: str | ObjectStoragePath,
 ) -> list[str]:
@@ -97,7 +121,10 @@ def _persist(
     written = {result.task_id: memory.get(result.task_id) for result in results}
     return persist_results(
         results,
-        [Destination(source, resolution, position) for position, source in enumerate(sources)],
+        [
+            Destination(source, resolution, position)
+            for position, source in zip(positions, sources, strict=True)
+        ],
         output_path,
         map_index=context["ti"].map_index if context["ti"].map_index is not None else -1,
         written_before=written,

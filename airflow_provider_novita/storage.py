@@ -121,6 +121,57 @@ def _safe(text: str) -> str:
     return _DOTS.sub(".", _UNSAFE.sub("_", text)).strip("._-")[:STEM_LIMIT].rstrip("._-")
 
 
+def existing_result(
+    output_path: str | ObjectStoragePath, image_type: str, destination: Destination, map_index: int
+) -> str | None:
+    """
+    The URI of the file a previous run saved for ``destination``, if it is there and complete.
+
+    The name is the one :func:`persist_results` gives a result of ``image_type`` (it depends on the
+    source URL, the map index and the position only, so a re-run finds it). A file counts only if it
+    could be the whole image: see :func:`looks_complete`. Leftover ``.partial`` files have other names
+    and are never considered.
+    """
+    target = output_root(output_path) / output_name("", image_type, destination, map_index)
+    return str(target) if looks_complete(target, image_type) else None
+
+
+# Markers every complete file of a format has at its start and end; a truncated file lacks the end.
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+_TAIL = 64
+
+
+def looks_complete(path: ObjectStoragePath, image_type: str) -> bool:
+    """
+    Whether ``path`` holds a whole image of ``image_type``, judged from its size, head and tail.
+
+    Not empty; JPEG from SOI to a final EOI marker; PNG from its signature to the IEND chunk; WebP a
+    RIFF container whose declared size is the file's. Cheap on object storage: two small reads, no
+    decoding. A file cut short, by a crash or by anyone else, fails it; a file of another format too.
+    """
+    size = _size(path)
+    if not size:
+        return False
+    try:
+        with path.open("rb") as file:  # type: ignore[no-untyped-call]
+            head: bytes = file.read(12)
+            file.seek(max(0, size - _TAIL))
+            tail: bytes = file.read(_TAIL)
+    except OSError:
+        return False
+    extension = _EXTENSIONS.get(image_type.strip().lower())
+    if extension == "jpg":
+        # Some encoders pad after EOI; none pads more than a few bytes.
+        return head.startswith(_JPEG_START) and _JPEG_END in tail[-16:]
+    if extension == "png":
+        return head.startswith(_PNG_START) and tail.endswith(_PNG_END)
+    if extension == "webp":
+        declared = int.from_bytes(head[4:8], "little") + 8
+        return head[:4] == b"RIFF" and head[8:12] == b"WEBP" and declared == size
+    return False
+
+
 def persist_results(
     results: Sequence[TaskResult],
     destinations: Sequence[Destination],

@@ -9,13 +9,16 @@ import sys
 import pytest
 
 # Heavy, and never needed to parse a DAG: the emulator and its imaging, the trigger machinery (only
-# needed when deferring), a server stack, and tenacity (no longer used at all).
+# needed when deferring), a server stack, tenacity (no longer used at all), and OpenLineage (optional:
+# only its provider, once installed, asks the operator for lineage).
 NOT_AT_PARSE_TIME = [
     "PIL",
     "airflow_provider_novita.emulator",
     "airflow.triggers.base",
     "uvicorn",
     "tenacity",
+    "openlineage",
+    "airflow.providers.openlineage",
 ]
 
 

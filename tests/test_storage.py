@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import posixpath
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from airflow_provider_novita.exceptions import NovitaError
 from airflow_provider_novita.models import ResultImage, TaskResult, TaskStatus
 from airflow_provider_novita.storage import (
     Destination,
+    existing_result,
     output_name,
     output_root,
     persist_results,
@@ -88,19 +90,35 @@ def assert_safe(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("given_path", "root"),
+    ("given_path", "protocol", "folder"),
     [
-        ("/data/upscaled", "file:///data/upscaled"),
-        ("  /data/upscaled\n", "file:///data/upscaled"),
-        ("/data/with://in/the/name", "file:///data/with://in/the/name"),
-        ("file:///data/upscaled", "file:///data/upscaled"),
-        (" memory://bucket/up ", "memory://bucket/up"),
+        ("/data/upscaled", "file", "/data/upscaled"),
+        ("  /data/upscaled\n", "file", "/data/upscaled"),
+        # Not a URI: a local folder whose name has a colon in it.
+        ("/data/with://in/the/name", "file", "/data/with:/in/the/name"),
+        ("file:///data/upscaled", "file", "/data/upscaled"),
+        (" memory://bucket/up ", "memory", "/bucket/up"),
     ],
 )
 def test_a_plain_absolute_path_means_the_local_folder_and_a_uri_stays_as_it_is(
-    given_path: str, root: str
+    given_path: str, protocol: str, folder: str
 ) -> None:
-    assert str(output_root(given_path)) == root
+    """
+    What matters is the filesystem and the folder in it, not how the path prints.
+
+    universal_pathlib 0.2 (Airflow 3.0, 3.1) prints ``memory:///bucket/up`` and collapses the ``//``
+    of a local folder's name, which the operating system does anyway; 0.3 (Airflow 3.2+) prints
+    ``memory://bucket/up`` and keeps the ``//``. Both name the same place.
+    """
+    root = output_root(given_path)
+    assert root.protocol == protocol
+    assert posixpath.normpath(root.path) == folder
+
+
+def test_a_folder_named_with_a_colon_and_slashes_is_a_local_folder(tmp_path: Path) -> None:
+    """The file lands in the folder so named on this machine, on every Airflow version."""
+    (path,), _ = persist([record()], f"{tmp_path}/with://in/the/name", serving())
+    assert (tmp_path / "with:" / "in" / "the" / "name" / Path(path).name).read_bytes() == IMAGE
 
 
 def test_an_object_storage_path_is_taken_as_it_is() -> None:
@@ -377,3 +395,83 @@ def test_asking_a_result_url_logs_its_host_but_never_its_query_string(
     assert ours
     assert any("results.test" in message for message in ours)
     assert not any("secret" in message for message in ours)
+
+
+def _encoded(image_format: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 90)).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+class TestFilesARerunMayReuse:
+    """``existing_result``: what counts as a complete file from an earlier run."""
+
+    DESTINATION = Destination("https://example.com/photos/cat.jpg?sig=1", "2k", 0)
+
+    def saved(self, root: Path, image_type: str, content: bytes) -> Path:
+        name = output_name("", image_type, self.DESTINATION, map_index=3)
+        path = root / name
+        path.write_bytes(content)
+        return path
+
+    @pytest.mark.parametrize(
+        ("image_type", "pil_format"), [("jpeg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
+    )
+    def test_a_whole_image_under_the_deterministic_name_is_reused(
+        self, tmp_path: Path, image_type: str, pil_format: str
+    ) -> None:
+        path = self.saved(tmp_path, image_type, _encoded(pil_format))
+
+        assert existing_result(str(tmp_path), image_type, self.DESTINATION, 3) == f"file://{path}"
+
+    @pytest.mark.parametrize(
+        ("image_type", "pil_format"), [("jpeg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
+    )
+    @pytest.mark.parametrize("keep", [0.0, 0.5, 0.9])
+    def test_an_empty_or_cut_file_is_not(
+        self, tmp_path: Path, image_type: str, pil_format: str, keep: float
+    ) -> None:
+        whole = _encoded(pil_format)
+        self.saved(tmp_path, image_type, whole[: int(len(whole) * keep)])
+
+        assert existing_result(str(tmp_path), image_type, self.DESTINATION, 3) is None
+
+    def test_a_leftover_partial_file_is_not(self, tmp_path: Path) -> None:
+        name = output_name("", "png", self.DESTINATION, map_index=3)
+        (tmp_path / f".{name}.0a1b2c3d.partial").write_bytes(_encoded("PNG"))
+
+        assert existing_result(str(tmp_path), "png", self.DESTINATION, 3) is None
+
+    def test_a_file_of_another_format_under_the_name_is_not(self, tmp_path: Path) -> None:
+        self.saved(tmp_path, "png", _encoded("JPEG"))
+
+        assert existing_result(str(tmp_path), "png", self.DESTINATION, 3) is None
+
+    def test_another_position_or_map_index_is_another_file(self, tmp_path: Path) -> None:
+        self.saved(tmp_path, "png", _encoded("PNG"))
+
+        assert (
+            existing_result(str(tmp_path), "png", Destination(self.DESTINATION.source_image, "2k", 1), 3)
+            is None
+        )
+        assert existing_result(str(tmp_path), "png", self.DESTINATION, 4) is None
+
+    def test_a_missing_folder_means_nothing_to_reuse(self, tmp_path: Path) -> None:
+        assert existing_result(str(tmp_path / "not-yet"), "png", self.DESTINATION, 3) is None
+
+    def test_the_name_is_the_one_a_download_gets(self, tmp_path: Path) -> None:
+        (path,) = persist_results(
+            [record(task_id="task-9", image_type="png")],
+            [self.DESTINATION],
+            str(tmp_path),
+            map_index=3,
+            written_before={},
+            on_written=lambda task_id, written: None,
+            transport=serving(_encoded("PNG")),
+        )
+
+        assert existing_result(str(tmp_path), "png", self.DESTINATION, 3) == path

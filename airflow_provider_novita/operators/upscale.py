@@ -7,11 +7,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 
-from airflow_provider_novita.events import BatchOutcome
+from airflow_provider_novita._compat import conf
+from airflow_provider_novita.events import BatchOutcome, OutcomeStatus
 from airflow_provider_novita.exceptions import NovitaAPIError, NovitaNotFoundError
 from airflow_provider_novita.hooks.novita import NovitaHook
+from airflow_provider_novita.lineage import operator_lineage
 from airflow_provider_novita.models import (
     DEFAULT_OUTPUT_FORMAT,
     DEFAULT_RESOLUTION,
@@ -25,15 +27,17 @@ from airflow_provider_novita.models import (
     redact_url,
 )
 from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, PollingPolicy, to_seconds
-from airflow_provider_novita.results import finish_batch
+from airflow_provider_novita.results import finish_batch, reused_record
 from airflow_provider_novita.retries import may_have_billed
 from airflow_provider_novita.retry_memory import RetryMemory
-from airflow_provider_novita.storage import output_root, url_answers
+from airflow_provider_novita.storage import Destination, existing_result, output_root, url_answers
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import timedelta
 
+    from airflow.providers.common.compat.openlineage.facet import Dataset, RunFacet
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context, ObjectStoragePath
 
 XCOM_TASK_IDS = "task_ids"
@@ -89,10 +93,19 @@ class UpscaleOperator(BaseOperator):
         an ``ObjectStoragePath`` of a folder (``/data/upscaled``, ``s3://aws_default@bucket/prefix/``,
         anything Airflow's object storage supports; templated). Each record then gains ``path``. See
         :mod:`airflow_provider_novita.storage` for the file names and guarantees.
+    :param reuse_existing: with ``output_path``, an image whose file a previous run of this task
+        instance saved (same source URL, map index and position; complete) is not submitted again: a
+        cleared or re-run DAG run pays only for what is missing. Its record has ``"reused": True``,
+        its ``path``, and no Novita ``task_id`` or ``image_url``. A source image that changed at the
+        same URL is not noticed; set False to upscale every image anew.
     """
 
     template_fields: Sequence[str] = ("image", "resolution", "output_format", "novita_conn_id", "output_path")
     ui_color = "#7c5cff"
+    # The files the finished batch's records name, for lineage. A class default that _finish replaces:
+    # every try runs on its own copy of the operator (BaseOperator.prepare_for_execution), so a value
+    # never outlives the try that set it.
+    _persisted_paths: Sequence[str] = ()
 
     def __init__(
         self,
@@ -108,6 +121,7 @@ class UpscaleOperator(BaseOperator):
         timeout: float | timedelta = DEFAULT_TIMEOUT,
         output_path: str | ObjectStoragePath | None = None,
         submit_concurrency: int = DEFAULT_SUBMIT_CONCURRENCY,
+        reuse_existing: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -120,6 +134,7 @@ class UpscaleOperator(BaseOperator):
                 f"submit_concurrency must be a whole number of at least 1; got {submit_concurrency!r}"
             )
         self.submit_concurrency = submit_concurrency
+        self.reuse_existing = reuse_existing
         self.image = image
         self.output_path = output_path
         self.resolution = resolution
@@ -153,10 +168,21 @@ class UpscaleOperator(BaseOperator):
             requests = self._requests()
             if self.output_path:
                 output_root(self.output_path)
-            task_ids = self._submit(requests, context)
+            reused = self._reusable(requests, context)
+            for position, path in reused.items():
+                self.log.info(
+                    "Reusing %s for %s: not submitting it again", path, redact_url(requests[position].image)
+                )
+            to_submit = [
+                (position, request) for position, request in enumerate(requests) if position not in reused
+            ]
+            task_ids = self._submit(to_submit, context)
             context["ti"].xcom_push(key=XCOM_TASK_IDS, value=task_ids)
             if not self.wait_for_completion:
                 return task_ids
+            if not task_ids:
+                # Every image was reused: there is nothing to wait for.
+                return self._finish(context, BatchOutcome(OutcomeStatus.SUCCESS, [], [], ""), reused)
             if self.deferrable:
                 # Imported here: it brings in Airflow's trigger machinery, which parsing a DAG never needs.
                 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
@@ -166,28 +192,81 @@ class UpscaleOperator(BaseOperator):
                 )
                 self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
             outcome = self.hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout)
-            return self._finish(context, outcome)
+            return self._finish(context, outcome, reused)
         finally:
             self.hook.close()
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
-        """Resume after the trigger fired: validate its event and return the records."""
-        return self._finish(context, BatchOutcome.from_event(event))
+        """
+        Resume after the trigger fired: validate its event and return the records.
 
-    def _finish(self, context: Context, outcome: BatchOutcome) -> list[dict[str, Any]]:
-        return finish_batch(
+        Which images were reused is looked up again rather than carried through the deferral: the
+        files found before submitting are still there, and nothing of this try has written any yet.
+        """
+        return self._finish(
+            context, BatchOutcome.from_event(event), self._reusable(self._requests(), context)
+        )
+
+    def _finish(
+        self, context: Context, outcome: BatchOutcome, reused: dict[int, str]
+    ) -> list[dict[str, Any]]:
+        sources = [request.image for request in self._requests()]
+        records = finish_batch(
             context,
             outcome,
-            sources=[request.image for request in self._requests()],
+            sources=sources,
             resolution=self.resolution,
             timeout_description=f"Timed out after {self.timeout:g}s waiting for Novita",
             output_path=self.output_path,
             outlets=self.outlets,
+            reused={
+                position: reused_record(sources[position], path, self.output_format)
+                for position, path in reused.items()
+            },
         )
+        self._persisted_paths = [record["path"] for record in records if "path" in record]
+        return records
 
-    def _submit(self, requests: list[UpscaleRequest], context: Context) -> list[str]:
+    def get_openlineage_facets_on_complete(self, task_instance: object) -> OperatorLineage[Dataset, RunFacet]:
         """
-        Submit every request, reattaching a retry to the tasks an earlier try already created.
+        What this try read and wrote, for the OpenLineage provider (an optional install, which calls
+        this when the task ends, and also when it failed since there is no ``..._on_failure``).
+
+        Inputs are the batch's source URLs, outputs the files its records name (only once it
+        succeeded with ``output_path``). The provider reports these instead of the hook-level lineage
+        that Airflow's object storage collects, which names the temporary ``.partial`` files the
+        downloads go to and, on a re-run, the kept files as *inputs*; it falls back to that only when
+        both lists here are empty (a batch refused before anything was submitted, which wrote nothing).
+
+        An image reused from an earlier run is on both sides although this try neither fetched its
+        source nor wrote its file: the run's result is still that file made from that source, and
+        lineage consumers (Marquez, DataHub) draw a job's edges from its latest run, so leaving it out
+        would erase a true edge on every re-run that had nothing to pay for. Which files were reused
+        is in the records (``"reused": True``).
+        """
+        try:
+            sources = check_image_urls(self.image)
+        except ValueError:
+            sources = []
+        return operator_lineage(sources, self._persisted_paths)
+
+    def _reusable(self, requests: list[UpscaleRequest], context: Context) -> dict[int, str]:
+        """Positions in the batch whose file a previous run left complete in ``output_path``, with its URI."""
+        if not (self.output_path and self.reuse_existing):
+            return {}
+        map_index = context["ti"].map_index if context["ti"].map_index is not None else -1
+        reused = {}
+        for position, request in enumerate(requests):
+            destination = Destination(request.image, self.resolution, position)
+            path = existing_result(self.output_path, self.output_format, destination, map_index)
+            if path is not None:
+                reused[position] = path
+        return reused
+
+    def _submit(self, requests: list[tuple[int, UpscaleRequest]], context: Context) -> list[str]:
+        """
+        Submit every request (given with its position in the batch, which identifies it for retries),
+        reattaching a retry to the tasks an earlier try already created.
 
         Up to ``submit_concurrency`` requests are in flight at once, in threads sharing the hook's
         connection pool, so a batch holds the worker slot for the time of a few requests rather than
@@ -196,7 +275,7 @@ class UpscaleOperator(BaseOperator):
         new submission starts; those already sent are recorded, then the first error is raised.
         """
         memory = RetryMemory(context, STATE_STORE_KEY)
-        names = [request.identity(position) for position, request in enumerate(requests)]
+        names = [request.identity(position) for position, request in requests]
         earlier = [memory.get(name) for name in names]
         # The connection and its pool are made here, once: threads must not race to make them, and
         # must not talk to the supervisor.
@@ -205,24 +284,24 @@ class UpscaleOperator(BaseOperator):
         failure: Exception | None = None
         with ThreadPoolExecutor(self.submit_concurrency, thread_name_prefix="novita-submit") as pool:
             pending = {
-                pool.submit(self._submit_one, request, before): position
-                for position, (request, before) in enumerate(zip(requests, earlier, strict=True))
+                pool.submit(self._submit_one, request, before): index
+                for index, ((_, request), before) in enumerate(zip(requests, earlier, strict=True))
             }
             for future in as_completed(pending):
                 if future.cancelled():
                     continue
-                position = pending[future]
+                index = pending[future]
                 try:
-                    task_ids[position], submitted = future.result()
+                    task_ids[index], submitted = future.result()
                 except Exception as err:
                     if may_have_billed(err):
-                        memory.set(names[position], {"uncertain": _failure_kind(err)})
+                        memory.set(names[index], {"uncertain": _failure_kind(err)})
                     failure = failure or err
                     for waiting in pending:
                         waiting.cancel()
                     continue
                 if submitted:
-                    memory.set(names[position], {"task_id": task_ids[position]})
+                    memory.set(names[index], {"task_id": task_ids[index]})
         if failure is not None:
             raise failure
         return [task_id for task_id in task_ids if task_id is not None]

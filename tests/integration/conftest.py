@@ -52,8 +52,7 @@ def emulator(
 @pytest.fixture
 def run_dag(airflow_db: None) -> Callable[..., Any]:
     """Runs an example or test DAG (by id) with ``dag.test(run_conf=...)`` and returns the finished DagRun."""
-    from airflow.dag_processing.dagbag import DagBag
-
+    from tests.compat import DagBag
     from tests.conftest import EXAMPLE_DAGS, TEST_DAGS
 
     dags = {}

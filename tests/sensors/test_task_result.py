@@ -9,18 +9,18 @@ from typing import Any
 
 import pytest
 from airflow.sdk import BaseSensorOperator
-from airflow.sdk.exceptions import (
+
+from airflow_provider_novita.exceptions import NovitaError, NovitaTimeoutError
+from airflow_provider_novita.sensors import task_result
+from airflow_provider_novita.sensors.task_result import TaskResultSensor
+from airflow_provider_novita.triggers.task_result import TaskResultTrigger
+from tests.compat import (
     AirflowFailException,
     AirflowRescheduleException,
     AirflowSensorTimeout,
     AirflowSkipException,
     TaskDeferred,
 )
-
-from airflow_provider_novita.exceptions import NovitaError, NovitaTimeoutError
-from airflow_provider_novita.sensors import task_result
-from airflow_provider_novita.sensors.task_result import TaskResultSensor
-from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 from tests.fakes import (
     FAILED,
     PROCESSING,

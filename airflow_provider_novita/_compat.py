@@ -1,0 +1,29 @@
+"""
+What older Airflow 3 releases lack, in one place, each with the release that makes its shim unnecessary.
+
+The provider is written against the Task SDK of Airflow 3.2+ (``airflow.sdk``). Airflow 3.1 keeps
+some of the same names in its pre-SDK modules; the classes are the ones the task runner of
+that release raises and catches, so importing them from there is not a copy but the real thing.
+Delete a block when the floor passes the release its comment names.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow.sdk import conf
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+else:
+    try:
+        from airflow.sdk import conf
+    except ImportError:  # Airflow 3.1: the Task SDK exports the configuration from 3.2
+        from airflow.configuration import conf
+
+    try:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+    except ImportError:  # Airflow 3.1: in the Task SDK from 3.2
+        from airflow.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+
+
+__all__ = ["AirflowFailException", "AirflowSensorTimeout", "AirflowSkipException", "conf"]
