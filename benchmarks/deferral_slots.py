@@ -65,17 +65,11 @@ Run: ``python benchmarks/deferral_slots.py [--images 50] [--job-duration 20] [--
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
-import secrets
 import shutil
 import signal
-import socket
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -83,14 +77,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-from cryptography.fernet import Fernet
-
 from airflow_provider_novita.emulator import EmulatorConfig, EmulatorServer
 
+# The local Airflow deployment is the one the end-to-end tests start (tests/deployment.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.deployment import (
+    AirflowDeployment,
+    free_port,
+    wait_until_ready,
+)
+
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from types import FrameType
+
+    import httpx
 
 API_KEY = "sk-deferral-bench"
 TASK_ID = "upscale"
@@ -101,9 +101,6 @@ RETRY_DELAY_SECONDS = 2
 
 MIGRATE_TIMEOUT = 180.0
 READY_TIMEOUT = 180.0
-STOP_GRACE = 20.0
-ORPHAN_GRACE = 5.0
-LOG_TAIL_LINES = 60
 
 DAG_FILE = '''\
 """Written by benchmarks/deferral_slots.py: the same mapped upscale, deferrable or in the worker."""
@@ -137,36 +134,6 @@ for dag_id, deferrable in {dags!r}:
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as error:
-        return f"<unreadable: {error}>"
-
-
-def session_members(session_id: int) -> list[int]:
-    """Live (not zombie) processes of a session, read from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name in parentheses may contain spaces; the fields after it are fixed.
-        state, _ppid, _pgrp, session = stat.rpartition(")")[2].split()[:4]
-        if int(session) == session_id and state != "Z":
-            members.append(int(entry.name))
-    return members
-
-
 def cpu_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
     fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -182,165 +149,6 @@ def parse_db_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-class AirflowCluster:
-    """Airflow components sharing one temporary AIRFLOW_HOME; every one is stopped by ``stop``."""
-
-    def __init__(self, home: Path, env: dict[str, str], api_url: str) -> None:
-        self.home = home
-        self.env = env
-        self.api_url = api_url
-        self.db_path = home / "airflow.db"
-        self.logs_dir = home / "process-logs"
-        self.logs_dir.mkdir()
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def run_cli(self, name: str, *args: str, timeout: float) -> None:
-        log_path = self.logs_dir / f"{name}.log"
-        with log_path.open("wb") as log:
-            # subprocess.run kills the child if the timeout expires: nothing is left behind.
-            result = subprocess.run(
-                [sys.executable, "-m", "airflow", *args],
-                env=self.env,
-                cwd=self.home,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                check=False,
-            )
-        if result.returncode != 0:
-            raise RuntimeError(f"`airflow {' '.join(args)}` failed:\n{tail(log_path)}")
-
-    def start(self, name: str, *args: str) -> None:
-        with (self.logs_dir / f"{name}.log").open("wb") as log:
-            # A session of its own per component, so that stop() finds everything it forked (task
-            # supervisors move to process groups of their own, but stay in the session).
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "airflow", name, *args],
-                env=self.env,
-                cwd=self.home,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def check_running(self) -> None:
-        for name, process in self.processes.items():
-            code = process.poll()
-            if code is not None:
-                raise RuntimeError(f"airflow {name} exited with {code}:\n{self.tail(name)}")
-
-    def tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
-        return tail(self.logs_dir / f"{name}.log", lines)
-
-    def stop(self) -> list[str]:
-        """Stop every component and everything it started; returns what did not stop on SIGTERM.
-
-        SIGTERM to each component first, which shuts down its own children in order; then SIGTERM to
-        whatever is left in their sessions, then SIGKILL. Every wait is bounded.
-        """
-        for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-        wait_for(lambda: all(p.poll() is not None for p in self.processes.values()), STOP_GRACE)
-        for process in self.processes.values():
-            self._signal_session(process.pid, signal.SIGTERM)
-        wait_for(lambda: not self._leftovers(), ORPHAN_GRACE)
-        not_stopped = [f"{name}: {pids}" for name, pids in self._leftovers().items()]
-        for process in self.processes.values():
-            self._signal_session(process.pid, signal.SIGKILL)
-        for process in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-        wait_for(lambda: not self._leftovers(), ORPHAN_GRACE)
-        survivors = self._leftovers()
-        if survivors:
-            not_stopped.append(f"SURVIVED SIGKILL: {survivors}")
-        return not_stopped
-
-    def _leftovers(self) -> dict[str, list[int]]:
-        for process in self.processes.values():
-            process.poll()  # reap the leader, so it stops counting as a member of its session
-        leftovers = {name: session_members(p.pid) for name, p in self.processes.items()}
-        return {name: pids for name, pids in leftovers.items() if pids}
-
-    @staticmethod
-    def _signal_session(session_id: int, signum: signal.Signals) -> None:
-        for pid in session_members(session_id):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    def query(self, sql: str, *params: object) -> list[sqlite3.Row]:
-        # Airflow runs SQLite in WAL mode, so this short read does not block its writers.
-        connection = sqlite3.connect(self.db_path, timeout=10)
-        try:
-            connection.row_factory = sqlite3.Row
-            return connection.execute(sql, params).fetchall()
-        finally:
-            connection.close()
-
-
-def wait_for(done: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not done() and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-def airflow_env(home: Path, api_port: int, emulator: EmulatorServer, parallelism: int) -> dict[str, str]:
-    # Nothing from the caller's Airflow set-up may leak into the cluster.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW", "PYTEST_"))}
-    api_url = f"http://127.0.0.1:{api_port}"
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-            "AIRFLOW__CORE__AUTH_MANAGER": (
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-            ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            # Task processes reach the api-server here; the default would be port 8080.
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "AIRFLOW__API__BASE_URL": api_url,
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(api_port),
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-            # The scheduler signs the task tokens that the api-server checks: one secret for all.
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            # Fixed default ports could clash with anything else running on this shared machine.
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW_CONN_NOVITA_DEFAULT": emulator.airflow_conn_json(),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
-
-
-def wait_until_ready(cluster: AirflowCluster, client: httpx.Client, dag_ids: list[str]) -> None:
-    """Until the api-server answers, every component heartbeats, and the DAGs are parsed."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    last = "no answer from the api-server yet"
-    while time.monotonic() < deadline:
-        cluster.check_running()
-        try:
-            health = client.get("/api/v2/monitor/health").json()
-            unhealthy = [name for name, part in health.items() if part.get("status") != "healthy"]
-            missing = [d for d in dag_ids if client.get(f"/api/v2/dags/{d}").status_code != 200]
-            if not unhealthy and not missing:
-                return
-            errors = client.get("/api/v2/importErrors").json().get("import_errors")
-            last = f"unhealthy: {unhealthy}; DAGs not parsed yet: {missing}; import errors: {errors}"
-        except (httpx.HTTPError, ValueError) as error:  # not listening, or not answering JSON yet
-            last = f"api-server: {error!r}"
-        time.sleep(1.0)
-    raise RuntimeError(f"Airflow not ready after {READY_TIMEOUT:g}s ({last})")
-
-
 def run_timeout(args: argparse.Namespace, deferrable: bool) -> float:
     """Generous bounds that catch a hang; they measure nothing."""
     if deferrable:
@@ -349,7 +157,7 @@ def run_timeout(args: argparse.Namespace, deferrable: bool) -> float:
 
 
 def measure_run(
-    cluster: AirflowCluster,
+    cluster: AirflowDeployment,
     client: httpx.Client,
     emulator: EmulatorServer,
     args: argparse.Namespace,
@@ -374,7 +182,7 @@ def measure_run(
     last_print = 0.0
     while time.monotonic() < deadline:
         rows = cluster.query(
-            "SELECT map_index, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            "SELECT map_index, state, try_number FROM task_instance WHERE dag_id = %s AND run_id = %s",
             dag_id,
             run_id,
         )
@@ -388,11 +196,11 @@ def measure_run(
         if elapsed - last_print >= 30:
             last_print = elapsed
             print(f"  {elapsed:5.0f}s {dict(sorted(counts.items()))}", file=sys.stderr, flush=True)
-        (run,) = cluster.query("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", dag_id, run_id)
+        (run,) = cluster.query("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", dag_id, run_id)
         if run["state"] in ("success", "failed"):
             final_state = run["state"]
             break
-        cluster.check_running()
+        cluster.assert_running()
         time.sleep(args.sample_interval)
     busy_after, total_after = cpu_jiffies()
     # Pause again, so that nothing of this DAG is scheduled while the other one is measured.
@@ -412,7 +220,7 @@ def measure_run(
 
 
 def summarise_run(
-    cluster: AirflowCluster,
+    cluster: AirflowDeployment,
     emulator: EmulatorServer,
     args: argparse.Namespace,
     *,
@@ -425,17 +233,17 @@ def summarise_run(
     cpu_busy: float,
 ) -> dict[str, Any]:
     (run,) = cluster.query(
-        "SELECT start_date, end_date FROM dag_run WHERE dag_id = ? AND run_id = ?", dag_id, run_id
+        "SELECT start_date, end_date FROM dag_run WHERE dag_id = %s AND run_id = %s", dag_id, run_id
     )
     started, ended = parse_db_time(run["start_date"]), parse_db_time(run["end_date"])
     wall = (ended - started).total_seconds() if started and ended else None
     tis = cluster.query(
-        "SELECT map_index, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
+        "SELECT map_index, state, try_number FROM task_instance WHERE dag_id = %s AND run_id = %s",
         dag_id,
         run_id,
     )
     history = cluster.query(
-        "SELECT count(*) AS n FROM task_instance_history WHERE dag_id = ? AND run_id = ?", dag_id, run_id
+        "SELECT count(*) AS n FROM task_instance_history WHERE dag_id = %s AND run_id = %s", dag_id, run_id
     )[0]["n"]
     ti_states: dict[str, int] = {}
     for ti in tis:
@@ -450,7 +258,7 @@ def summarise_run(
     last_submission = max((task.submitted_at for task in tasks), default=None)
     last_job_end = max((task.finish_at or 0.0 for task in tasks), default=None)
     race_lines = [
-        line for line in cluster.tail("scheduler", 10**9).splitlines() if STALE_EVENT_MISMATCH in line
+        line for line in cluster.tail("scheduler", None).splitlines() if STALE_EVENT_MISMATCH in line
     ]
     stats = emulator.stats()
     start_epoch = started.timestamp() if started else None
@@ -589,7 +397,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="novita-deferral-bench-"))
     rows: list[dict[str, Any]] = []
     emulator = EmulatorServer(EmulatorConfig(api_key=API_KEY, job_duration=args.job_duration))
-    cluster: AirflowCluster | None = None
+    cluster: AirflowDeployment | None = None
     failed = True
     try:
         emulator.start()
@@ -605,16 +413,21 @@ def main() -> None:
             )
         )
         api_port = free_port()
-        env = airflow_env(home, api_port, emulator, args.parallelism)
-        cluster = AirflowCluster(home, env, f"http://127.0.0.1:{api_port}")
+        cluster = AirflowDeployment.on_sqlite(
+            home,
+            api_port=api_port,
+            dags_folder=home / "dags",
+            connections={"novita_default": emulator.airflow_conn_json()},
+            settings={"AIRFLOW__CORE__PARALLELISM": str(args.parallelism)},
+        )
         print(f"Airflow home: {home}; migrating the database ...", file=sys.stderr, flush=True)
         cluster.run_cli("db-migrate", "db", "migrate", timeout=MIGRATE_TIMEOUT)
-        cluster.start("api-server", "--host", "127.0.0.1", "--port", str(api_port))
+        cluster.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port))
         cluster.start("dag-processor")
         cluster.start("scheduler")
         cluster.start("triggerer")
-        with httpx.Client(base_url=cluster.api_url, timeout=60) as client:
-            wait_until_ready(cluster, client, [DAG_IDS[d] for d in modes])
+        with cluster.client() as client:
+            wait_until_ready(cluster, client, [DAG_IDS[d] for d in modes], READY_TIMEOUT)
             print("Airflow is ready.", file=sys.stderr, flush=True)
             for deferrable in modes:
                 rows.append(measure_run(cluster, client, emulator, args, deferrable))

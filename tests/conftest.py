@@ -16,6 +16,10 @@ os.environ["AIRFLOW_HOME"] = _home
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_home}/airflow.db")
+# The OpenLineage provider (a test dependency) is off unless a test turns it on for a process of its own
+# (tests/integration/test_lineage.py): set, not defaulted, so that an OPENLINEAGE_URL or transport in
+# the developer's environment never gets events from test runs, nor slows every task with them.
+os.environ["AIRFLOW__OPENLINEAGE__DISABLED"] = "True"
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE_DAGS = os.path.join(_ROOT, "example_dags")
 TEST_DAGS = os.path.join(_ROOT, "tests", "dags")

@@ -11,7 +11,12 @@ from airflow.sdk import DAG, Asset, task, task_group
 from airflow_provider_novita.operators.upscale import UpscaleOperator
 from airflow_provider_novita.sensors.task_result import TaskResultSensor
 
-for name, deferrable, retries in (("deferrable", True, 2), ("sync", False, 2), ("no_retry", True, 0)):
+for name, deferrable, retries, reuse_existing in (
+    ("deferrable", True, 2, True),
+    ("sync", False, 2, True),
+    ("no_retry", True, 0, True),
+    ("no_reuse", True, 0, False),
+):
     with DAG(
         dag_id=f"novita_test_upscale_{name}",
         schedule=None,
@@ -29,6 +34,7 @@ for name, deferrable, retries in (("deferrable", True, 2), ("sync", False, 2), (
             poll_interval=0.5,
             retries=retries,
             retry_delay=timedelta(seconds=0),
+            reuse_existing=reuse_existing,
             outlets=[Asset("novita_test_images")],
         )
 
@@ -60,8 +66,10 @@ with DAG(
 ):
     # What DAG authors commonly write, none of which Airflow resolves before the task starts.
 
+    # The context key after the argument: Airflow before 3.2 gives context keys a default of None,
+    # and a parameter without a default cannot follow one.
     @task
-    def source(params: dict[str, Any], index: int) -> str:
+    def source(index: int, params: dict[str, Any]) -> str:
         return str(params["images"][index])
 
     @task

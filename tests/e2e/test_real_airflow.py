@@ -38,31 +38,22 @@ tails of all logs are printed when the test failed.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
-import signal
-import socket
-import sqlite3
-import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
-from cryptography.fernet import Fernet
 from PIL import Image
 
 from airflow_provider_novita.emulator import EmulatorConfig, EmulatorServer
+from tests.deployment import AirflowDeployment, free_port, wait_until_ready
 from tests.e2e.conftest import FAILED_PHASES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO_ROOT / "example_dags"
@@ -90,160 +81,7 @@ STALE_EVENT_MISMATCH = "finished with state success, but the task instance's sta
 MIGRATE_TIMEOUT = 90.0
 READY_TIMEOUT = 90.0
 RUN_TIMEOUT = 120.0
-STOP_GRACE = 20.0
-ORPHAN_GRACE = 5.0
 POLL_INTERVAL = 0.25
-LOG_TAIL_LINES = 80
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int | None = LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log, or all of it for None."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as error:
-        return f"<unreadable: {error}>"
-    return text if lines is None else "\n".join(text.splitlines()[-lines:])
-
-
-def _session_members(session_id: int) -> list[int]:
-    """Live processes of a session, read from /proc.
-
-    Zombies are left out: they are dead already, and a container's PID 1 may be slow to reap them.
-    """
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name in parentheses may contain spaces; the fields after it are fixed.
-        state, _ppid, _pgrp, session = stat.rpartition(")")[2].split()[:4]
-        if int(session) == session_id and state != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-class AirflowCluster:
-    """Airflow processes sharing one temporary AIRFLOW_HOME, and their log files."""
-
-    def __init__(self, home: Path, env: dict[str, str], api_url: str) -> None:
-        self.home = home
-        self.env = env
-        self.api_url = api_url
-        self.db_path = home / "airflow.db"
-        self.logs_dir = home / "process-logs"
-        self.logs_dir.mkdir()
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.stop_seconds: float | None = None
-
-    def run_cli(self, name: str, *args: str, timeout: float) -> None:
-        log_path = self.logs_dir / f"{name}.log"
-        with log_path.open("wb") as log:
-            result = subprocess.run(
-                [sys.executable, "-m", "airflow", *args],
-                env=self.env,
-                cwd=self.home,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                check=False,
-            )
-        assert result.returncode == 0, f"`airflow {' '.join(args)}` failed:\n{_tail(log_path)}"
-
-    def start(self, name: str, *args: str) -> None:
-        log = (self.logs_dir / f"{name}.log").open("wb")
-        try:
-            # A session of its own per component: teardown can signal everything it forked, and a
-            # Ctrl+C in the terminal does not race the orderly shutdown below.
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "airflow", name, *args],
-                env=self.env,
-                cwd=self.home,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()  # the child has its own copy of the descriptor
-
-    def assert_running(self) -> None:
-        for name, process in self.processes.items():
-            code = process.poll()
-            assert code is None, f"airflow {name} exited with {code}:\n{self.tail(name)}"
-
-    def tail(self, name: str, lines: int | None = LOG_TAIL_LINES) -> str:
-        return _tail(self.logs_dir / f"{name}.log", lines)
-
-    def report(self) -> str:
-        """Tails of every process log and of the task logs, for a failed test."""
-        parts = [f"===== {path.name} =====\n{_tail(path)}" for path in sorted(self.logs_dir.glob("*.log"))]
-        task_logs = sorted((self.home / "logs").glob(f"dag_id={DAG_ID}/**/*.log"))
-        parts += [f"===== {path.relative_to(self.home)} =====\n{_tail(path)}" for path in task_logs]
-        return "\n".join(parts)
-
-    def stop(self) -> list[str]:
-        """Stop every component and everything it started; returns what did not stop on SIGTERM.
-
-        Like a service manager: SIGTERM to each component, which shuts down its own children (executor
-        workers, the trigger runner, log servers); signalling those children at the same time would
-        race that orderly shutdown. Then SIGTERM to whatever the components left behind in their
-        sessions, and SIGKILL for what is still there. Every wait is bounded.
-        """
-        started = time.monotonic()
-        for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-        self._wait(lambda: all(p.poll() is not None for p in self.processes.values()), STOP_GRACE)
-        for process in self.processes.values():
-            self._signal_session(process.pid, signal.SIGTERM)
-        self._wait(lambda: not self._leftovers(), ORPHAN_GRACE)
-        not_stopped = [f"{name}: {pids}" for name, pids in self._leftovers().items()]
-        for process in self.processes.values():
-            self._signal_session(process.pid, signal.SIGKILL)
-        for process in self.processes.values():
-            process.wait(timeout=10)
-        self._wait(lambda: not self._leftovers(), ORPHAN_GRACE)
-        survivors = self._leftovers()
-        assert not survivors, f"processes survived SIGKILL: {survivors}"
-        self.stop_seconds = time.monotonic() - started
-        return not_stopped
-
-    def _leftovers(self) -> dict[str, list[int]]:
-        for process in self.processes.values():
-            process.poll()  # reap the leader, so it stops counting as a member of its session
-        leftovers = {name: _session_members(p.pid) for name, p in self.processes.items()}
-        return {name: pids for name, pids in leftovers.items() if pids}
-
-    @staticmethod
-    def _wait(done: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not done() and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-    @staticmethod
-    def _signal_session(session_id: int, signum: signal.Signals) -> None:
-        # Signalled one by one: task supervisors move to process groups of their own, so a killpg
-        # of the leader's group would miss them; the session is what all descendants keep.
-        for pid in _session_members(session_id):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    def query(self, sql: str, *params: object) -> list[sqlite3.Row]:
-        # Airflow runs SQLite in WAL mode, so this short read never blocks its writers.
-        connection = sqlite3.connect(self.db_path, timeout=10)
-        try:
-            connection.row_factory = sqlite3.Row
-            return connection.execute(sql, params).fetchall()
-        finally:
-            connection.close()
 
 
 @pytest.fixture
@@ -253,65 +91,28 @@ def emulator() -> Iterator[EmulatorServer]:
 
 
 @pytest.fixture
-def fernet_key() -> str:
-    return Fernet.generate_key().decode()
-
-
-@pytest.fixture
 def airflow_cluster(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     emulator: EmulatorServer,
-    fernet_key: str,
-) -> Iterator[AirflowCluster]:
+) -> Iterator[AirflowDeployment]:
     """A migrated metadata database and the four Airflow components, stopped at teardown."""
     home = tmp_path_factory.mktemp("airflow-home")
-    api_port = _free_port()
-    api_url = f"http://127.0.0.1:{api_port}"
-    # Nothing from the pytest process's Airflow set-up (tests/conftest.py) may leak into the cluster.
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AIRFLOW", "_AIRFLOW", "PYTEST_"))
-    }
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "2",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__FERNET_KEY": fernet_key,
-            "AIRFLOW__CORE__AUTH_MANAGER": (
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-            ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            # Task processes reach the api-server here; the default would be port 8080.
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "AIRFLOW__API__BASE_URL": api_url,
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(api_port),
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-            # The scheduler signs the task tokens that the api-server checks: one secret for all.
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            # The scheduler and the triggerer serve their logs over HTTP; fixed default ports could
-            # clash with anything else running on this machine.
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-            "AIRFLOW_CONN_NOVITA_DEFAULT": emulator.airflow_conn_json(),
-            "PYTHONUNBUFFERED": "1",
-        }
+    api_port = free_port()
+    cluster = AirflowDeployment.on_sqlite(
+        home,
+        api_port=api_port,
+        dags_folder=DAGS_FOLDER,
+        connections={"novita_default": emulator.airflow_conn_json()},
+        settings={"AIRFLOW__CORE__PARALLELISM": "2"},
     )
-    cluster = AirflowCluster(home, env, api_url)
     setup_failed = False
     # Everything after this point is inside the try, so whatever fails, every process gets stopped.
     try:
         migrating = time.monotonic()
         cluster.run_cli("db-migrate", "db", "migrate", timeout=MIGRATE_TIMEOUT)
         print(f"\nairflow db migrate took {time.monotonic() - migrating:.1f}s")
-        cluster.start("api-server", "--host", "127.0.0.1", "--port", str(api_port))
+        cluster.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port))
         cluster.start("dag-processor")
         cluster.start("scheduler")
         cluster.start("triggerer")
@@ -346,7 +147,7 @@ class Observation:
     dag_run_state: str | None
 
 
-def _observe(cluster: AirflowCluster, run_id: str) -> Observation | None:
+def _observe(cluster: AirflowDeployment, run_id: str) -> Observation | None:
     # One statement, so the task instance, its trigger and the job are read from one snapshot.
     rows = cluster.query(
         """
@@ -355,10 +156,10 @@ def _observe(cluster: AirflowCluster, run_id: str) -> Observation | None:
                dr.state AS dag_run_state
         FROM dag_run AS dr
         LEFT JOIN task_instance AS ti
-            ON ti.dag_id = dr.dag_id AND ti.run_id = dr.run_id AND ti.task_id = ?
+            ON ti.dag_id = dr.dag_id AND ti.run_id = dr.run_id AND ti.task_id = %s
         LEFT JOIN "trigger" AS t ON t.id = ti.trigger_id
         LEFT JOIN job AS j ON j.id = t.triggerer_id
-        WHERE dr.dag_id = ? AND dr.run_id = ?
+        WHERE dr.dag_id = %s AND dr.run_id = %s
         """,
         TASK_ID,
         DAG_ID,
@@ -381,27 +182,7 @@ def _observe(cluster: AirflowCluster, run_id: str) -> Observation | None:
     )
 
 
-def _wait_until_ready(cluster: AirflowCluster, client: httpx.Client) -> None:
-    """Until the api-server answers, all components heartbeat, and the DAG is parsed."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    last = "no answer from the api-server yet"
-    while time.monotonic() < deadline:
-        cluster.assert_running()
-        try:
-            health = client.get("/api/v2/monitor/health").json()
-            unhealthy = [name for name, part in health.items() if part.get("status") != "healthy"]
-            dag = client.get(f"/api/v2/dags/{DAG_ID}")
-            if not unhealthy and dag.status_code == 200:
-                return
-            errors = client.get("/api/v2/importErrors").json().get("import_errors")
-            last = f"unhealthy: {unhealthy}; GET dag: {dag.status_code}; import errors: {errors}"
-        except (httpx.HTTPError, ValueError) as error:  # not listening yet, or not answering JSON yet
-            last = f"api-server: {error!r}"
-        time.sleep(1.0)
-    pytest.fail(f"Airflow not ready after {READY_TIMEOUT:g}s ({last})\n{cluster.report()}")
-
-
-def _watch_run(cluster: AirflowCluster, run_id: str) -> list[Observation]:
+def _watch_run(cluster: AirflowDeployment, run_id: str) -> list[Observation]:
     """Read the run's records every POLL_INTERVAL until the DAG run is final."""
     observations: list[Observation] = []
     deadline = time.monotonic() + RUN_TIMEOUT
@@ -427,13 +208,13 @@ def _distinct_states(observations: list[Observation]) -> list[str | None]:
 
 @pytest.mark.timeout(400)
 def test_upscale_defers_to_the_triggerer_process_and_resumes(
-    airflow_cluster: AirflowCluster, emulator: EmulatorServer, fernet_key: str, tmp_path: Path
+    airflow_cluster: AirflowDeployment, emulator: EmulatorServer, tmp_path: Path
 ) -> None:
     cluster = airflow_cluster
     output_dir = tmp_path / "out"
-    with httpx.Client(base_url=cluster.api_url, timeout=30) as client:
+    with cluster.client(timeout=30) as client:
         waited = time.monotonic()
-        _wait_until_ready(cluster, client)
+        wait_until_ready(cluster, client, [DAG_ID], READY_TIMEOUT)
         print(f"\nAirflow ready after {time.monotonic() - waited:.1f}s")
         unpause = client.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
         assert unpause.status_code == 200, unpause.text
@@ -503,24 +284,10 @@ def test_upscale_defers_to_the_triggerer_process_and_resumes(
     # AIRFLOW_HOME: task, trigger and parser logs, the components' own output, the metadata database
     # with its WAL, airflow.cfg.
     (stored_kwargs,) = {o.trigger_kwargs for o in held}
-    kwargs = _decode_trigger_kwargs(stored_kwargs, fernet_key)
+    kwargs = cluster.trigger_kwargs(stored_kwargs)
     assert kwargs.get("novita_conn_id") == "novita_default", kwargs
     assert API_KEY not in json.dumps(kwargs), kwargs
     files = [path for path in cluster.home.rglob("*") if path.is_file()]
     assert trigger_log in files
     leaks = [str(path) for path in files if API_KEY.encode() in path.read_bytes()]
     assert not leaks, f"the API key appears in {leaks}"
-
-
-def _decode_trigger_kwargs(stored: str | None, fernet_key: str) -> dict[str, Any]:
-    """The kwargs as Airflow's ``Trigger.kwargs`` reads them: JSON, Fernet-encrypted or not.
-
-    Airflow 3.3 stores the kwargs of a task's trigger as plain JSON (the worker sends them
-    unencrypted through the execution API); other trigger rows are encrypted with the Fernet key.
-    """
-    assert stored is not None
-    if not stored.startswith("{"):
-        stored = Fernet(fernet_key.encode()).decrypt(stored.encode()).decode()
-    decoded = json.loads(stored)
-    assert isinstance(decoded, dict), decoded
-    return decoded
