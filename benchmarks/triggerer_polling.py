@@ -21,7 +21,8 @@ name their job's end, so nothing is submitted and the server does no work but an
 Rows, in the same run, against the same server:
 
 * ``floor``: sleep only, no HTTP, at the peer's pace (wake every 5 s until the job's end): what the
-  machine and the harness spend on N coroutines and the heartbeat alone.
+  machine and the harness spend on N coroutines and the heartbeat alone, in a process that has
+  imported what the others import (Airflow, both triggers' modules), as a triggerer has.
 * ``peer``: ``HttpSensorTrigger`` of apache-airflow-providers-http 6.3.0 (aiohttp, a new session and
   TCP connection per poke, first poke at once, then every ``poke_interval``), at 5 s: what a user
   would otherwise pick. It sleeps only after a 404 (any other error it retries at once), and logs a
@@ -29,7 +30,9 @@ Rows, in the same run, against the same server:
 * ``ours``: ``TaskResultTrigger`` with the provider's default pace (its ``DEFAULT_POLL_INTERVAL``
   and the trigger's default ``max_poll_interval``), Novita reporting an eta; the same without eta;
   fixed 5 s (``poll_interval=5, max_poll_interval=5``); batches of 10 tasks per trigger (N/10
-  triggers). Its deadline (``end_time``) is the jobs' end plus ``--grace``.
+  triggers); with eta again, in a process that froze its heap (``gc.freeze()``) once warmed up, as
+  a triggerer can be told to (README, Performance). Its deadline (``end_time``) is the jobs' end
+  plus ``--grace``.
 * HTTPS, for the peer and for ours with eta: a self-signed certificate made at run time, trusted by
   both clients through ``SSL_CERT_FILE`` in the measured process only (httpx's default context and
   aiohttp's, made by ``ssl.create_default_context()``, both load it; the peer's connection extra has
@@ -56,13 +59,17 @@ Figures, per row:
   coroutines (its growth per coroutine, at the same N where measured), per job: the provider's own
   state per job.
 * ``lag``: how late the 10 ms heartbeat woke, p50 / p99 / max, over the whole window.
+* ``full GCs``: CPython's collections of its oldest generation in the window (from ``gc.callbacks``),
+  how many and the longest, and the largest lag of the beats that did not wait on one. A full
+  collection walks every tracked object of the process, most of them Airflow's import heap, so its
+  stall is the process's, whatever set it off.
 * ``delay``: when a trigger fired minus its job's end, p50 / max.
 * ``TCP``: connections the server accepted on the row's listener (exact, also for aiohttp).
 * ``wall``: from the burst to the last event.
 
 Before the window each measured process imports everything, looks its connection up and runs one
 trigger of each kind against a finished job, as a running triggerer would have done long before;
-the server's counters are reset after that. GC stays enabled; nothing is frozen. Triggers still
+the server's counters are reset after that. GC stays enabled; only the frozen-heap row freezes. Triggers still
 waiting 10 s after the jobs' end plus ``--grace`` are cut off and counted. A run that fails is reported and
 the others go on (the exit status is then 1). Under the tables, notes name what may skew a run:
 other processes busy meanwhile (from the machine's CPU counters), a busy server, unexpected log
@@ -108,6 +115,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import gc
+import importlib
 import json
 import os
 import platform
@@ -214,6 +223,8 @@ class Run:
     scheme: str = "http"
     # The line of the sweep plots this run is a point of, if any.
     series: str | None = None
+    # gc.freeze() once warmed up: what a triggerer whose import heap is frozen would see.
+    freeze_heap: bool = False
 
     @property
     def jobs(self) -> int:
@@ -249,6 +260,7 @@ def plan(args: argparse.Namespace) -> list[Run]:
             single("ours-no-eta", "main", Group("ours", n, eta=False)),
             single("ours-fixed-5s", "main", Group("ours", n, poll_interval=5, max_poll_interval=5)),
             single(f"ours-batch-{n // 10}x10", "main", Group("ours", n // 10, tasks_per_trigger=10)),
+            single("ours-eta-frozen", "main", Group("ours", n), freeze_heap=True),
             single("peer-5s-https", "main", Group("peer", n), scheme="https"),
             single("ours-eta-https", "main", Group("ours", n), scheme="https"),
         ]
@@ -332,6 +344,28 @@ class Heartbeat:
         return [(round(key * LAG_BIN, 2), round(lag * 1e3, 3)) for key, lag in sorted(bins.items())]
 
 
+class FullCollections:
+    """When CPython collected its oldest generation while recording: the stalls the process's heap
+    size, not the triggers' work, decides (a full collection walks every tracked object)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+        self._began: float | None = None
+        self.recording = False
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2 or not self.recording:
+            return
+        if phase == "start":
+            self._began = time.perf_counter()
+        elif self._began is not None:
+            self.spans.append((self._began, time.perf_counter()))
+            self._began = None
+
+    def overlaps(self, start: float, end: float) -> bool:
+        return any(began < end and start < ended for began, ended in self.spans)
+
+
 def seconds_to_end(mean: float, spread: float, number: int) -> float:
     """
     Seconds from the burst to job ``number``'s end: ``mean`` +/- ``spread / 2``, spread evenly.
@@ -403,7 +437,14 @@ def make_trigger(
 
 
 async def warm_up(kinds: set[str], defaults: tuple[float, float]) -> None:
-    """One trigger of each kind against a finished job: imports, connection, SSL context, first use."""
+    """One trigger of each kind against a finished job: imports, connection, SSL context, first use.
+
+    Every process imports both triggers' modules, the floor's too: a triggerer holds Airflow's import
+    heap whatever its triggers do, and the time a garbage collection takes grows with that heap, so
+    the floor has to carry the same one to be the floor of the others.
+    """
+    for module in ("airflow.providers.http.triggers.http", "airflow_provider_novita.triggers.task_result"):
+        importlib.import_module(module)
     for kind in sorted(kinds - {"floor"}):
         group = {"kind": kind, "poke_interval": 0.1, "poll_interval": 0.1, "max_poll_interval": 0.1}
         trigger = make_trigger(
@@ -421,6 +462,10 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     process = psutil.Process()
     defaults = provider_defaults() if "ours" in kinds else (0.0, 0.0)
     await warm_up(kinds, defaults)
+    if run["freeze_heap"]:
+        gc.freeze()
+    collections = FullCollections()
+    gc.callbacks.append(collections)
     heartbeat = Heartbeat(process)
     beating = asyncio.create_task(heartbeat.run())
     await asyncio.to_thread(Path(spec["ready_path"]).touch)
@@ -429,6 +474,7 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(3)), daemon=True).start()
 
     heartbeat.start_recording()
+    collections.recording = True
     rss_before = heartbeat.peak_rss
     cpu_before = time.process_time()
     origin = time.perf_counter()
@@ -481,7 +527,12 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     rss_end = process.memory_info().rss
     heartbeat.stopped = True
     await beating
+    collections.recording = False
     lags = [lag for _, lag in heartbeat.samples]
+    # A beat waited on a full collection if the collection ran while the beat slept or overslept.
+    lags_without_full_gc = [
+        lag for at, lag in heartbeat.samples if not collections.overlaps(at - HEARTBEAT - lag, at)
+    ]
     cut_off = Counter(index for index, *_ in workloads)
     cut_off.subtract(index for index, *_ in fired)
     return {
@@ -492,6 +543,9 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "lag_p50": percentile(lags, 0.50),
         "lag_p99": percentile(lags, 0.99),
         "lag_max": max(lags, default=None),
+        "lag_max_without_full_gc": max(lags_without_full_gc, default=None),
+        "full_gc_count": len(collections.spans),
+        "full_gc_max": max((ended - began for began, ended in collections.spans), default=None),
         "timeline": heartbeat.timeline(origin),
         "fired": fired,
         "cut_off": {str(index): count for index, count in cut_off.items() if count},
@@ -721,6 +775,12 @@ class Measured:
             "lag_p50_ms": rounded(raw["lag_p50"] and raw["lag_p50"] * 1e3),
             "lag_p99_ms": rounded(raw["lag_p99"] and raw["lag_p99"] * 1e3),
             "lag_max_ms": rounded(raw["lag_max"] and raw["lag_max"] * 1e3),
+            "lag_max_without_full_gc_ms": rounded(
+                raw["lag_max_without_full_gc"] and raw["lag_max_without_full_gc"] * 1e3
+            ),
+            "full_gc_count": raw["full_gc_count"],
+            "full_gc_max_ms": rounded(raw["full_gc_max"] and raw["full_gc_max"] * 1e3),
+            "freeze_heap": run.freeze_heap,
             "tcp_connections": self.listener.get("accepted"),
             "max_open_connections": self.listener.get("max_open"),
             "server_cores": rounded(raw["server_cpu"] / raw["wall"], 3),
@@ -763,7 +823,8 @@ def group_rows(measured: Measured, floors: dict[int, float]) -> list[dict[str, A
             "series": run.series,
             "label": ("moonshot: " if run.section == "moonshot" else "")
             + label(group, defaults)
-            + (", HTTPS" if run.scheme == "https" else ""),
+            + (", HTTPS" if run.scheme == "https" else "")
+            + (", import heap frozen" if run.freeze_heap else ""),
             "kind": group.kind,
             "scheme": run.scheme,
             "triggers": group.triggers,
@@ -783,8 +844,16 @@ def group_rows(measured: Measured, floors: dict[int, float]) -> list[dict[str, A
             "delay_max_s": rounded(max(delays, default=None)),
             "statuses": statuses,
         }
-        shared = ("cores", "rss_peak_mb", "lag_p50_ms", "lag_p99_ms", "lag_max_ms", "tcp_connections")
-        shared += ("max_open_connections", "wall_s")
+        shared: tuple[str, ...] = (
+            "cores",
+            "rss_peak_mb",
+            "lag_p50_ms",
+            "lag_p99_ms",
+            "lag_max_ms",
+            "tcp_connections",
+        )
+        shared += ("max_open_connections", "wall_s", "lag_max_without_full_gc_ms", "full_gc_count")
+        shared += ("full_gc_max_ms",)
         row.update(dict.fromkeys(shared), cpu_per_job_ms=None, rss_per_trigger_kb=None, rss_per_job_kb=None)
         row["rss_over_floor_per_job_kb"] = None
         if alone:
@@ -892,7 +961,8 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         check(
             f"4. loop lag p99 <= {TARGET_LAG_P99_MS:g} ms and max <= {TARGET_LAG_MAX_VS_FLOOR:g}x the "
             f"floor's, burst of {row['jobs']} jobs: {row['label']}",
-            f"p99 {_v(row['lag_p99_ms'])} ms, max {_v(row['lag_max_ms'])} ms (floor max {_v(floor_max)} ms)",
+            f"p99 {_v(row['lag_p99_ms'])} ms, max {_v(row['lag_max_ms'])} ms (floor max {_v(floor_max)} ms); "
+            f"{full_collections(row)}",
             lag_ok(row),
         )
     moon = find(rows, section="moonshot")
@@ -908,6 +978,14 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             None if None in met else all(met),
         )
     return checks
+
+
+def full_collections(row: dict[str, Any]) -> str:
+    """How much of a row's lag was its process's full garbage collections."""
+    return (
+        f"full GCs {_v(row['full_gc_count'])} (longest {_v(row['full_gc_max_ms'])} ms), "
+        f"max lag of the beats that waited on none {_v(row['lag_max_without_full_gc_ms'])} ms"
+    )
 
 
 def _v(value: Any) -> str:
@@ -945,8 +1023,8 @@ def tables(
         f"{job_range(context['options'])}; one run each.",
         "",
         "| row | jobs | req/job | CPU/job | cores | RSS/job | over floor | lag p50 / p99 / max | "
-        "delay p50 / max | TCP | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "full GCs: n, longest; max lag without | delay p50 / max | TCP | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if row["section"] not in ("main", "moonshot"):
@@ -955,6 +1033,10 @@ def tables(
         lag = (
             f"{_fmt(row['lag_p50_ms'], '.1f')} / {_fmt(row['lag_p99_ms'], '.1f')} "
             f"/ {_fmt(row['lag_max_ms'], '.0f')} ms"
+        )
+        collections = (
+            f"{_fmt(row['full_gc_count'])}, {_fmt(row['full_gc_max_ms'], '.0f', ' ms')}; "
+            f"{_fmt(row['lag_max_without_full_gc_ms'], '.0f', ' ms')}"
         )
         delay = f"{_fmt(row['delay_p50_s'], '.1f')} / {_fmt(row['delay_max_s'], '.1f')} s"
         if row["kind"] == "floor":  # it detects nothing: its "delay" is only its pace
@@ -965,7 +1047,7 @@ def tables(
             f"| {row['label']}{note} | {row['jobs']} | {requests} "
             f"| {_fmt(row['cpu_per_job_ms'], '.2f', ' ms')} "
             f"| {_fmt(row['cores'], '.2f')} | {_fmt(row['rss_per_job_kb'], '.1f', ' KB')} "
-            f"| {_fmt(row['rss_over_floor_per_job_kb'], '.1f', ' KB')} | {lag} | {delay} "
+            f"| {_fmt(row['rss_over_floor_per_job_kb'], '.1f', ' KB')} | {lag} | {collections} | {delay} "
             f"| {_fmt(row['tcp_connections'])} | {_fmt(row['wall_s'], '.0f', ' s')} |"
         )
     sweep = sorted(
@@ -1089,6 +1171,7 @@ def line_color(run_name: str) -> str:
         ("peer-5s-https", "darkred"),
         ("peer", "tab:red"),
         ("ours-eta-https", "navy"),
+        ("ours-eta-frozen", "tab:pink"),
         ("ours-eta", "tab:blue"),
         ("ours-no-eta", "tab:cyan"),
         ("ours-fixed", "tab:green"),
