@@ -30,9 +30,10 @@ Rows, in the same run, against the same server:
 * ``ours``: ``TaskResultTrigger`` with the provider's default pace (its ``DEFAULT_POLL_INTERVAL``
   and the trigger's default ``max_poll_interval``), Novita reporting an eta; the same without eta;
   fixed 5 s (``poll_interval=5, max_poll_interval=5``); batches of 10 tasks per trigger (N/10
-  triggers); with eta again, in a process that froze its heap (``gc.freeze()``) once warmed up, as
-  a triggerer can be told to (README, Performance). Its deadline (``end_time``) is the jobs' end
-  plus ``--grace``.
+  triggers); with eta again, in a process that froze its heap (``gc.freeze()``) once warmed up (the
+  most a freeze can give), and in one that froze it right after ``import airflow``, as a triggerer
+  does with ``gc.freeze()`` in its ``airflow_local_settings.py`` (README, Performance). Its deadline
+  (``end_time``) is the jobs' end plus ``--grace``.
 * HTTPS, for the peer and for ours with eta: a self-signed certificate made at run time, trusted by
   both clients through ``SSL_CERT_FILE`` in the measured process only (httpx's default context and
   aiohttp's, made by ``ssl.create_default_context()``, both load it; the peer's connection extra has
@@ -69,7 +70,7 @@ Figures, per row:
 
 Before the window each measured process imports everything, looks its connection up and runs one
 trigger of each kind against a finished job, as a running triggerer would have done long before;
-the server's counters are reset after that. GC stays enabled; only the frozen-heap row freezes. Triggers still
+the server's counters are reset after that. GC stays enabled; only the frozen-heap rows freeze. Triggers still
 waiting 10 s after the jobs' end plus ``--grace`` are cut off and counted. A run that fails is reported and
 the others go on (the exit status is then 1). Under the tables, notes name what may skew a run:
 other processes busy meanwhile (from the machine's CPU counters), a busy server, unexpected log
@@ -151,6 +152,10 @@ SECTIONS = ("main", "sweep", "tradeoff", "moonshot")
 # (poll_interval, max_poll_interval) of the trade-off curve; None: the provider's defaults.
 TRADEOFF_SETTINGS: tuple[tuple[float, float] | None, ...] = ((1, 10), None, (5, 60), (5, 5))
 TRADEOFF_POKES = (5.0, 15.0, 30.0)
+# gc.freeze() in the measured process: once warmed up (every import made, every first use done: the
+# most a freeze can give), or right after ``import airflow``, which is when Airflow imports
+# airflow_local_settings.py, the one place a deployment can run code of its own in a triggerer.
+FREEZES = {"warmed-up": "heap frozen once warmed up", "import-airflow": "heap frozen after import airflow"}
 QUICK_TRADEOFF_POKES = (2.0, 5.0)
 QUICK_DEFAULTS = {
     "triggers": 100,
@@ -223,8 +228,8 @@ class Run:
     scheme: str = "http"
     # The line of the sweep plots this run is a point of, if any.
     series: str | None = None
-    # gc.freeze() once warmed up: what a triggerer whose import heap is frozen would see.
-    freeze_heap: bool = False
+    # When the measured process calls gc.freeze(), if at all: one of FREEZES.
+    freeze: str = ""
 
     @property
     def jobs(self) -> int:
@@ -260,7 +265,8 @@ def plan(args: argparse.Namespace) -> list[Run]:
             single("ours-no-eta", "main", Group("ours", n, eta=False)),
             single("ours-fixed-5s", "main", Group("ours", n, poll_interval=5, max_poll_interval=5)),
             single(f"ours-batch-{n // 10}x10", "main", Group("ours", n // 10, tasks_per_trigger=10)),
-            single("ours-eta-frozen", "main", Group("ours", n), freeze_heap=True),
+            single("ours-eta-frozen", "main", Group("ours", n), freeze="warmed-up"),
+            single("ours-eta-local-settings", "main", Group("ours", n), freeze="import-airflow"),
             single("peer-5s-https", "main", Group("peer", n), scheme="https"),
             single("ours-eta-https", "main", Group("ours", n), scheme="https"),
         ]
@@ -462,7 +468,7 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     process = psutil.Process()
     defaults = provider_defaults() if "ours" in kinds else (0.0, 0.0)
     await warm_up(kinds, defaults)
-    if run["freeze_heap"]:
+    if run["freeze"] == "warmed-up":
         gc.freeze()
     collections = FullCollections()
     gc.callbacks.append(collections)
@@ -557,6 +563,9 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
 def child_main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     raise_open_files_limit()
+    if spec["run"]["freeze"] == "import-airflow":
+        importlib.import_module("airflow")
+        gc.freeze()
     result = asyncio.run(measure(spec))
     Path(spec["result_path"]).write_text(json.dumps(result))
 
@@ -780,7 +789,7 @@ class Measured:
             ),
             "full_gc_count": raw["full_gc_count"],
             "full_gc_max_ms": rounded(raw["full_gc_max"] and raw["full_gc_max"] * 1e3),
-            "freeze_heap": run.freeze_heap,
+            "freeze": run.freeze,
             "tcp_connections": self.listener.get("accepted"),
             "max_open_connections": self.listener.get("max_open"),
             "server_cores": rounded(raw["server_cpu"] / raw["wall"], 3),
@@ -824,7 +833,7 @@ def group_rows(measured: Measured, floors: dict[int, float]) -> list[dict[str, A
             "label": ("moonshot: " if run.section == "moonshot" else "")
             + label(group, defaults)
             + (", HTTPS" if run.scheme == "https" else "")
-            + (", import heap frozen" if run.freeze_heap else ""),
+            + (f", {FREEZES[run.freeze]}" if run.freeze else ""),
             "kind": group.kind,
             "scheme": run.scheme,
             "triggers": group.triggers,
@@ -1172,6 +1181,7 @@ def line_color(run_name: str) -> str:
         ("peer", "tab:red"),
         ("ours-eta-https", "navy"),
         ("ours-eta-frozen", "tab:pink"),
+        ("ours-eta-local-settings", "tab:brown"),
         ("ours-eta", "tab:blue"),
         ("ours-no-eta", "tab:cyan"),
         ("ours-fixed", "tab:green"),
