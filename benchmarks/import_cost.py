@@ -21,6 +21,8 @@ How:
 * one child of each kind runs first and is discarded: it compiles the ``.pyc`` files and warms the
   page cache, which a deployed Airflow has done long before (and the first ``import airflow.sdk`` in
   a new ``AIRFLOW_HOME`` writes its configuration file);
+* ``PYTHONDONTWRITEBYTECODE`` is not passed on, so that the first child can write those ``.pyc``
+  files;
 * the children share one temporary ``AIRFLOW_HOME`` and inherit no other ``AIRFLOW*`` variable, so
   neither this machine's Airflow set-up nor its DAGs play a part;
 * ``python -X importtime`` then runs the provider child once more; the entries printed after
@@ -107,6 +109,10 @@ print(json.dumps({{
 def child_env(airflow_home: Path) -> dict[str, str]:
     # Nothing from the caller's Airflow configuration may change what gets imported.
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "_AIRFLOW"))}
+    # The warm-up child must be able to write the .pyc files that an installed wheel ships with: a
+    # machine that sets PYTHONDONTWRITEBYTECODE would otherwise have every child compile the
+    # provider's source again (about 18 ms here), which no deployment pays.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["AIRFLOW_HOME"] = str(airflow_home)
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     return env
