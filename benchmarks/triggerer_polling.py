@@ -31,8 +31,9 @@ Rows, in the same run, against the same server:
   and the trigger's default ``max_poll_interval``), Novita reporting an eta; the same without eta;
   fixed 5 s (``poll_interval=5, max_poll_interval=5``); batches of 10 tasks per trigger (N/10
   triggers); with eta again, in a process that froze its heap (``gc.freeze()``) once warmed up (the
-  most a freeze can give), and in one that froze it right after ``import airflow``, as a triggerer
-  does with ``gc.freeze()`` in its ``airflow_local_settings.py`` (README, Performance). Its deadline
+  most a freeze can give), and in one that froze it right after ``import airflow`` (a little more
+  than ``gc.freeze()`` in ``airflow_local_settings.py`` freezes: Airflow imports that file while
+  ``import airflow`` runs; README, Performance). Its deadline
   (``end_time``) is the jobs' end plus ``--grace``.
 * HTTPS, for the peer and for ours with eta: a self-signed certificate made at run time, trusted by
   both clients through ``SSL_CERT_FILE`` in the measured process only (httpx's default context and
@@ -153,8 +154,8 @@ SECTIONS = ("main", "sweep", "tradeoff", "moonshot")
 TRADEOFF_SETTINGS: tuple[tuple[float, float] | None, ...] = ((1, 10), None, (5, 60), (5, 5))
 TRADEOFF_POKES = (5.0, 15.0, 30.0)
 # gc.freeze() in the measured process: once warmed up (every import made, every first use done: the
-# most a freeze can give), or right after ``import airflow``, which is when Airflow imports
-# airflow_local_settings.py, the one place a deployment can run code of its own in a triggerer.
+# most a freeze can give), or right after ``import airflow``, close to what a freeze in
+# airflow_local_settings.py (imported while ``import airflow`` runs) can reach.
 FREEZES = {"warmed-up": "heap frozen once warmed up", "import-airflow": "heap frozen after import airflow"}
 QUICK_TRADEOFF_POKES = (2.0, 5.0)
 QUICK_DEFAULTS = {
