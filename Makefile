@@ -72,7 +72,7 @@ benchmark-quick: $(BENCH)
 	$(BENCH_PYTHON) benchmarks/triggerer_polling.py --quick --output-dir $(BENCHMARK_OUTPUT)/quick $(BENCHMARK_ARGS)
 
 # 1,000 images through the Celery cluster of tests/cluster while a triggerer and the worker are killed
-# (about 15 minutes; needs the local PostgreSQL and Redis). Not part of `make test`.
+# (about 10 minutes; needs the local PostgreSQL and Redis). Not part of `make test`.
 soak: $(NEWEST)
 	$(VENV)/bin/python -m tests.cluster.soak $(SOAK_ARGS)
 
