@@ -33,8 +33,8 @@ Rows, in the same run, against the same server:
   triggers); with eta again, in a process that froze its heap (``gc.freeze()``) once warmed up (the
   most a freeze can give), and in one that froze it right after ``import airflow`` (a little more
   than ``gc.freeze()`` in ``airflow_local_settings.py`` freezes: Airflow imports that file while
-  ``import airflow`` runs; README, Performance). Its deadline
-  (``end_time``) is the jobs' end plus ``--grace``.
+  ``import airflow`` runs; README, Performance). Its deadline (``end_time``) is the jobs' end plus
+  ``--grace``.
 * HTTPS, for the peer and for ours with eta: a self-signed certificate made at run time, trusted by
   both clients through ``SSL_CERT_FILE`` in the measured process only (httpx's default context and
   aiohttp's, made by ``ssl.create_default_context()``, both load it; the peer's connection extra has
@@ -854,16 +854,16 @@ def group_rows(measured: Measured, floors: dict[int, float]) -> list[dict[str, A
             "delay_max_s": rounded(max(delays, default=None)),
             "statuses": statuses,
         }
-        shared: tuple[str, ...] = (
-            "cores",
-            "rss_peak_mb",
-            "lag_p50_ms",
-            "lag_p99_ms",
-            "lag_max_ms",
-            "tcp_connections",
+        shared = (
+            *("cores", "rss_peak_mb", "lag_p50_ms", "lag_p99_ms", "lag_max_ms", "tcp_connections"),
+            *(
+                "max_open_connections",
+                "wall_s",
+                "lag_max_without_full_gc_ms",
+                "full_gc_count",
+                "full_gc_max_ms",
+            ),
         )
-        shared += ("max_open_connections", "wall_s", "lag_max_without_full_gc_ms", "full_gc_count")
-        shared += ("full_gc_max_ms",)
         row.update(dict.fromkeys(shared), cpu_per_job_ms=None, rss_per_trigger_kb=None, rss_per_job_kb=None)
         row["rss_over_floor_per_job_kb"] = None
         if alone:
