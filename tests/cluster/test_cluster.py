@@ -111,7 +111,7 @@ def _kwargs(cluster: Cluster, row: dict[str, Any]) -> dict[str, Any]:
     return cluster.deployment.trigger_kwargs(row["trigger_kwargs"])
 
 
-def test_a_mapped_upscale_runs_on_both_triggerers_and_bills_each_image_once(
+def test_a_mapped_upscale_runs_on_the_triggerers_and_bills_each_image_once(
     cluster: Cluster, emulators: dict[str, EmulatorServer], tmp_path: Path
 ) -> None:
     emulator = emulators["novita_happy"]
@@ -127,10 +127,15 @@ def test_a_mapped_upscale_runs_on_both_triggerers_and_bills_each_image_once(
     rows = cluster.task_instances(DAG_ID, run_id)
     assert [row["state"] for row in rows] == ["success"] * 20
     # Seen in the trigger table while they waited, and in the trigger logs Airflow names after the job.
-    both = set(cluster.triggerer_jobs.values())
-    assert holders == both, f"triggers were held by jobs {holders}, the triggerers are {both}"
+    # Which triggerer holds a trigger is not Airflow's promise: the first to look takes every
+    # unassigned trigger up to its capacity, so one triggerer may hold them all (a CI run saw that).
+    # That the other takes them over when one dies is test_a_killed_triggerers_triggers_move_....
+    ours = set(cluster.triggerer_jobs.values())
     logs = (cluster.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}").rglob("*.log.trigger.*.log")
-    assert {int(path.name.rsplit(".", 2)[-2]) for path in logs} == both
+    logged = {int(path.name.rsplit(".", 2)[-2]) for path in logs}
+    assert holders, "no trigger was ever seen held by a triggerer"
+    assert holders <= logged <= ours, f"held by jobs {holders}, logged by {logged}, the triggerers are {ours}"
+    print(f"\ntriggers ran on triggerer jobs {sorted(logged)} of {sorted(ours)}")
     stats = emulator.stats()
     assert stats["submissions_by_image"] == dict.fromkeys(images, 1), stats
     _assert_files(tmp_path, 20)
