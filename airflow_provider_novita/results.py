@@ -109,6 +109,12 @@ def finish_batch(
     return records
 
 
+def map_index(context: Context) -> int:
+    """The task instance's map index as file names carry it: -1 when it is not mapped, as in Airflow."""
+    index = context["ti"].map_index
+    return index if index is not None else -1
+
+
 def _persist(
     context: Context,
     results: Sequence[TaskResult],
@@ -126,7 +132,7 @@ def _persist(
             for position, source in zip(positions, sources, strict=True)
         ],
         output_path,
-        map_index=context["ti"].map_index if context["ti"].map_index is not None else -1,
+        map_index=map_index(context),
         written_before=written,
         on_written=memory.set,
     )

@@ -27,7 +27,7 @@ from airflow_provider_novita.models import (
     redact_url,
 )
 from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, PollingPolicy, to_seconds
-from airflow_provider_novita.results import finish_batch, reused_record
+from airflow_provider_novita.results import finish_batch, map_index, reused_record
 from airflow_provider_novita.retries import may_have_billed
 from airflow_provider_novita.retry_memory import RetryMemory
 from airflow_provider_novita.storage import Destination, existing_result, output_root, url_answers
@@ -182,7 +182,8 @@ class UpscaleOperator(BaseOperator):
                 return task_ids
             if not task_ids:
                 # Every image was reused: there is nothing to wait for.
-                return self._finish(context, BatchOutcome(OutcomeStatus.SUCCESS, [], [], ""), reused)
+                nothing = BatchOutcome(OutcomeStatus.SUCCESS, [], [], "")
+                return self._finish(context, nothing, requests, reused)
             if self.deferrable:
                 # Imported here: it brings in Airflow's trigger machinery, which parsing a DAG never needs.
                 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
@@ -192,7 +193,7 @@ class UpscaleOperator(BaseOperator):
                 )
                 self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
             outcome = self.hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout)
-            return self._finish(context, outcome, reused)
+            return self._finish(context, outcome, requests, reused)
         finally:
             self.hook.close()
 
@@ -203,14 +204,14 @@ class UpscaleOperator(BaseOperator):
         Which images were reused is looked up again rather than carried through the deferral: the
         files found before submitting are still there, and nothing of this try has written any yet.
         """
-        return self._finish(
-            context, BatchOutcome.from_event(event), self._reusable(self._requests(), context)
-        )
+        requests = self._requests()
+        reused = self._reusable(requests, context)
+        return self._finish(context, BatchOutcome.from_event(event), requests, reused)
 
     def _finish(
-        self, context: Context, outcome: BatchOutcome, reused: dict[int, str]
+        self, context: Context, outcome: BatchOutcome, requests: list[UpscaleRequest], reused: dict[int, str]
     ) -> list[dict[str, Any]]:
-        sources = [request.image for request in self._requests()]
+        sources = [request.image for request in requests]
         records = finish_batch(
             context,
             outcome,
@@ -254,11 +255,11 @@ class UpscaleOperator(BaseOperator):
         """Positions in the batch whose file a previous run left complete in ``output_path``, with its URI."""
         if not (self.output_path and self.reuse_existing):
             return {}
-        map_index = context["ti"].map_index if context["ti"].map_index is not None else -1
+        index = map_index(context)
         reused = {}
         for position, request in enumerate(requests):
             destination = Destination(request.image, self.resolution, position)
-            path = existing_result(self.output_path, self.output_format, destination, map_index)
+            path = existing_result(self.output_path, self.output_format, destination, index)
             if path is not None:
                 reused[position] = path
         return reused
