@@ -22,7 +22,6 @@ import functools
 import json
 import time
 import weakref
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -31,10 +30,11 @@ import httpx
 
 from airflow_provider_novita import __version__
 from airflow_provider_novita.polling import DEFAULT_MAX_POLL_INTERVAL
+from airflow_provider_novita.retries import RetryPolicy
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+    from collections.abc import Callable, Coroutine, Mapping
 
     from airflow.sdk import Connection
 
@@ -93,6 +93,11 @@ class ConnectionSettings:
                 "Accept": "application/json",
             }
         )
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        """The retries ``max_retries`` asks for; one object, shared by every session of these settings."""
+        return RetryPolicy(max_retries=self.max_retries)
 
     @cached_property
     def _timeouts(self) -> dict[str, float]:
@@ -306,6 +311,7 @@ class SharedTransport:
 
     transport: httpx.AsyncBaseTransport
     owned: bool
+    key: tuple[int, ConnectionSettings, int]
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_IN_FLIGHT))
     admission: Admission = field(default_factory=lambda: Admission(ADMISSION_RATE, ADMISSION_BURST))
     users: int = 0
@@ -316,18 +322,24 @@ class SharedAsyncTransports:
     Hands out one :class:`SharedTransport` per event loop and connection settings, reference-counted.
 
     Triggers of the same connection on one triggerer then share a connection pool and its request
-    slots, and the transport is closed when the last of them finishes. Transports are never shared
+    slots, and the transport is closed when the last of them releases it. Transports are never shared
     across event loops, which httpx does not support.
+
+    A pair of calls rather than a context manager: a session holds its lease for the whole wait of a
+    trigger, and an ``@asynccontextmanager`` would keep a generator, its context manager and the event
+    loop's weak reference to the generator alive per trigger as well (see :class:`NovitaSession
+    <airflow_provider_novita.hooks.novita.NovitaSession>`).
     """
 
     def __init__(self) -> None:
         self._shared: dict[tuple[int, ConnectionSettings, int], SharedTransport] = {}
 
-    @asynccontextmanager
-    async def lease(
+    async def acquire(
         self, settings: ConnectionSettings, transport: httpx.AsyncBaseTransport | None = None
-    ) -> AsyncIterator[SharedTransport]:
+    ) -> SharedTransport:
         """
+        The shared transport for ``settings`` on the running loop; hand it back with :meth:`release`.
+
         :param transport: sends the requests instead of a network transport; meant for tests. It is
             shared like a network transport, and not closed: its owner closes it.
         """
@@ -338,17 +350,19 @@ class SharedAsyncTransports:
                 self._shared[key] = SharedTransport(
                     transport or httpx.AsyncHTTPTransport(**settings.transport_options(verify)),
                     owned=transport is None,
+                    key=key,
                 )
         shared = self._shared[key]
         shared.users += 1
-        try:
-            yield shared
-        finally:
-            shared.users -= 1
-            if shared.users == 0:
-                del self._shared[key]
-                if shared.owned:
-                    await shared.transport.aclose()
+        return shared
+
+    async def release(self, shared: SharedTransport) -> None:
+        """Ends one use of ``shared``; the last one closes the transport, if it is the network's."""
+        shared.users -= 1
+        if shared.users == 0:
+            del self._shared[shared.key]
+            if shared.owned:
+                await shared.transport.aclose()
 
     def __len__(self) -> int:
         return len(self._shared)

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import time
-from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -33,14 +32,14 @@ from airflow_provider_novita.hooks.clients import (
 )
 from airflow_provider_novita.models import TaskResult, UpscaleRequest, redact_url
 from airflow_provider_novita.polling import BatchPoller, PollingPolicy
-from airflow_provider_novita.retries import RetryPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import Sequence
 
     from airflow.sdk import Connection
 
     from airflow_provider_novita.events import BatchOutcome
+    from airflow_provider_novita.retries import RetryPolicy
 
 _log = logging.getLogger(__name__)
 
@@ -169,7 +168,7 @@ class NovitaHook(BaseHook):
 
     @property
     def retries(self) -> RetryPolicy:
-        return self._retry_policy or RetryPolicy(max_retries=self.settings.max_retries)
+        return self._retry_policy or self.settings.retry_policy
 
     # -- sync ---------------------------------------------------------------------------------
 
@@ -272,16 +271,14 @@ class NovitaHook(BaseHook):
 
     # -- async --------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[NovitaSession]:
+    def session(self) -> NovitaSession:
         """
-        An async session with Novita for as long as the ``async with`` block runs.
+        An async session with Novita, for as long as an ``async with hook.session() as session``
+        block runs.
 
         Sessions are independent: two of one hook, used concurrently, each hold their own lease.
         """
-        settings = await self.asettings()
-        async with shared_async_transports.lease(settings, self._transport) as shared:
-            yield NovitaSession(shared, settings, self.retries)
+        return NovitaSession(self)
 
     async def asubmit_upscale(self, request: UpscaleRequest) -> str:
         async with self.session() as session:
@@ -301,15 +298,38 @@ class NovitaHook(BaseHook):
 
 class NovitaSession:
     """
-    One async conversation with Novita: a leased shared transport, its request slots, the
-    connection's settings and the retry policy, all fixed for the session's lifetime. Get one from
-    :meth:`NovitaHook.session`.
+    One async conversation with Novita: the connection's settings, a lease on the transport shared
+    by the event loop (with its request slots and admission) and the retry policy, fixed from
+    ``async with`` to its end. Get one from :meth:`NovitaHook.session`.
+
+    A class with ``__aenter__`` rather than an ``@asynccontextmanager``, and keeping nothing of the
+    hook once entered, because a trigger holds its session for its whole wait: the generator-based
+    form kept ten more objects alive per trigger (context managers, async generators, the event
+    loop's weak references to them, the hook). Objects that live that long are what wakes the
+    collector of a triggerer's oldest generation, a stall of about 100 ms over Airflow's heap, when a
+    thousand triggers defer at once (see the README's Performance section).
     """
 
-    def __init__(self, shared: SharedTransport, settings: ConnectionSettings, retries: RetryPolicy) -> None:
-        self._shared = shared
-        self._settings = settings
-        self._retries = retries
+    _settings: ConnectionSettings
+    _retries: RetryPolicy
+
+    def __init__(self, hook: NovitaHook) -> None:
+        self._hook: NovitaHook | None = hook
+        self._shared: SharedTransport | None = None
+
+    async def __aenter__(self) -> NovitaSession:
+        hook, self._hook = self._hook, None
+        if hook is None:
+            raise RuntimeError("A NovitaSession is entered once; get another from NovitaHook.session()")
+        self._settings = await hook.asettings()
+        self._retries = hook.retries
+        self._shared = await shared_async_transports.acquire(self._settings, hook._transport)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            await shared_async_transports.release(shared)
 
     async def request(
         self,
@@ -321,6 +341,8 @@ class NovitaSession:
         json: Any = None,
     ) -> Any:
         """The async twin of the hook's sync request loop: the same retries, deadline and errors."""
+        if self._shared is None:
+            raise RuntimeError("A NovitaSession sends requests only inside its async with block")
         transport, slots, admission = self._shared.transport, self._shared.slots, self._shared.admission
         failures = 0
         while True:

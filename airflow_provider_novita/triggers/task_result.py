@@ -82,10 +82,11 @@ class TaskResultTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        # The hook holds its client only while waiting, so it is released before the event is
-        # yielded: after the yield the triggerer may never resume this generator.
+        # The session leases the shared client only while waiting, so the lease ends before the event
+        # is yielded: after the yield the triggerer may never resume this generator.
         policy = PollingPolicy(self.poll_interval, max(self.max_poll_interval, self.poll_interval))
-        outcome = await NovitaHook(self.novita_conn_id).await_tasks(self.task_ids, policy, self.end_time)
+        async with NovitaHook(self.novita_conn_id).session() as session:
+            outcome = await session.wait_for_tasks(self.task_ids, policy, self.end_time)
         self.log.info(
             "Novita tasks %s: %s (%s)", ", ".join(self.task_ids), outcome.status.value, outcome.message
         )

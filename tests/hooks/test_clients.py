@@ -174,3 +174,4 @@ async def test_only_the_first_ssl_context_is_built_in_a_thread(monkeypatch: pyte
 
     monkeypatch.setattr(clients.asyncio, "to_thread", no_thread)
     assert await clients.ashared_ssl_context() is clients.shared_ssl_context()
+

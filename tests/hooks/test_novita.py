@@ -353,6 +353,18 @@ class TestAsync:
             await before.submit_upscale(REQUEST)
         assert seen == [f"Bearer {API_KEY}", f"Bearer {API_KEY}", "Bearer sk-new", f"Bearer {API_KEY}"]
 
+    async def test_a_session_is_entered_once_and_sends_only_inside_its_block(self, hook: NovitaHook) -> None:
+        session = hook.session()
+        with pytest.raises(RuntimeError, match="only inside its async with block"):
+            await session.submit_upscale(REQUEST)
+        async with session:
+            assert await session.submit_upscale(REQUEST)
+        with pytest.raises(RuntimeError, match="only inside its async with block"):
+            await session.submit_upscale(REQUEST)
+        with pytest.raises(RuntimeError, match="entered once"):
+            await session.__aenter__()
+        assert len(shared_async_transports) == 0
+
     async def test_retries_async_too(self, hook: NovitaHook, fake: FakeNovita) -> None:
         fake.script = (SUCCEED,)
         fake.fail_next(error(429, "RATE_LIMIT_EXCEEDED", "x", {"Retry-After": "0"}))
