@@ -211,14 +211,30 @@ def shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+# The first build on each event loop while it runs, so that a burst of sessions that all start before
+# the process has a context (a triggerer restarted with a thousand deferred triggers) waits for one
+# build in one thread instead of queueing a thread hop, or a build, each.
+_ssl_builds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[ssl.SSLContext]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def ashared_ssl_context() -> ssl.SSLContext:
     """
-    :func:`shared_ssl_context` for the event loop: the first call, which blocks for tens of
-    milliseconds, runs in a thread; later ones return at once, without a thread hop each.
+    :func:`shared_ssl_context` for the event loop: the first build, which blocks for tens of
+    milliseconds, runs in a thread and is shared by every caller that comes while it runs; later
+    calls return at once, without a thread hop each. A failed build is not kept: the next call tries
+    again.
     """
     if shared_ssl_context.cache_info().currsize:
         return shared_ssl_context()
-    return await asyncio.to_thread(shared_ssl_context)
+    loop = asyncio.get_running_loop()
+    build = _ssl_builds.get(loop)
+    if build is None:
+        build = _ssl_builds[loop] = loop.run_in_executor(None, shared_ssl_context)
+        build.add_done_callback(lambda _: _ssl_builds.pop(loop, None))
+    # Shielded: a caller cancelled while it waits must not cancel the build the others wait for.
+    return await asyncio.shield(build)
 
 
 # A connection's entry in a SettingsCache: the lookup's start plus the TTL, and the lookup's task until

@@ -175,3 +175,32 @@ async def test_only_the_first_ssl_context_is_built_in_a_thread(monkeypatch: pyte
     monkeypatch.setattr(clients.asyncio, "to_thread", no_thread)
     assert await clients.ashared_ssl_context() is clients.shared_ssl_context()
 
+
+async def test_a_burst_before_the_first_ssl_context_builds_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A triggerer restarted with many deferred triggers: they wait for one build, not one each."""
+    builds: list[None] = []
+    real = clients.httpx.create_ssl_context
+
+    def counting() -> object:
+        builds.append(None)
+        time.sleep(0.05)  # long enough for every caller below to arrive while it runs
+        return real()
+
+    monkeypatch.setattr(clients.httpx, "create_ssl_context", counting)
+    clients.shared_ssl_context.cache_clear()
+    contexts = await asyncio.gather(*(clients.ashared_ssl_context() for _ in range(100)))
+    assert len(builds) == 1
+    assert all(context is contexts[0] for context in contexts)
+    assert await clients.ashared_ssl_context() is contexts[0]
+
+
+async def test_a_failed_ssl_context_build_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> object:
+        raise OSError("no CA bundle")
+
+    clients.shared_ssl_context.cache_clear()
+    monkeypatch.setattr(clients.httpx, "create_ssl_context", broken)
+    with pytest.raises(OSError, match="no CA bundle"):
+        await clients.ashared_ssl_context()
+    monkeypatch.undo()
+    assert await clients.ashared_ssl_context() is clients.shared_ssl_context()
