@@ -48,15 +48,13 @@ TASK_RESULT_PATH = "/v3/async/task-result"
 USER_PATH = "/v3/user"
 # Polls of one batch in flight at once: enough to keep a batch moving, few enough not to be a burst.
 MAX_CONCURRENT_POLLS = 8
-
-# Raised before a single byte left: resending cannot create a second Novita task.
-# What a Novita task id may look like (they are UUIDs): it goes into URLs, logs, file names and XCom.
-_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-
-
 # How long "Test connection" may retry before it answers.
 TEST_CONNECTION_SECONDS = 10.0
+
+# What a Novita task id may look like (they are UUIDs): it goes into URLs, logs, file names and XCom.
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# Raised before a single byte left: resending cannot create a second Novita task.
+_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 class NovitaHook(BaseHook):
