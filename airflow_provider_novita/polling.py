@@ -17,8 +17,8 @@ spends as few as it can without noticing a finished task late:
   ``max_poll_interval`` (that cap bounds guessing), but not past :data:`MAX_ETA_WAIT`, in case it
   is wrong;
 * without an eta, the wait grows with the time already waited, ``poll_interval + 0.5 * elapsed``,
-  up to ``max_poll_interval`` (30 s), +/-20% jitter but never past the cap, so a finished task is
-  noticed at most ``max_poll_interval`` late. That is the schedule of multiplying each wait
+  up to ``max_poll_interval`` (30 s), +/-20% jitter but never past the cap (at the cap, 24-30 s), so
+  a finished task is noticed at most ``max_poll_interval`` late. That is the schedule of multiplying each wait
   by 1.5, but it depends only on the start time, so a sensor in ``reschedule`` mode, which is a new
   process at every poke, keeps the pace without remembering how many polls it made.
 
@@ -130,9 +130,12 @@ class PollingPolicy:
             wanted = min(max(eta, self.poll_interval), MAX_ETA_WAIT)
             return wanted * (1 + self.eta_jitter * rng.random()) + ETA_MARGIN
         guessed = self.poll_interval + (self.backoff - 1) * elapsed
-        # Jitter never carries a wait past the cap: the cap is the promise of how late a finished
-        # task can be noticed.
-        return min(guessed * (1 + self.jitter * rng.uniform(-1.0, 1.0)), self.max_poll_interval)
+        # Jitter never carries a wait past the cap, the promise of how late a finished task can be
+        # noticed; at the cap it only shortens, so that waits stay spread there too and a finished
+        # task is noticed sooner than by a fixed poke at the cap.
+        shortest = min(guessed, self.max_poll_interval) * (1 - self.jitter)
+        longest = min(guessed * (1 + self.jitter), self.max_poll_interval)
+        return rng.uniform(shortest, longest)
 
 
 class BatchPoller:

@@ -73,6 +73,13 @@ class TestPolicy:
         assert 8.0 <= min(delays) < 8.5
         assert 11.5 < max(delays) <= 12.0
 
+    def test_at_the_cap_jitter_only_shortens_a_wait(self) -> None:
+        """Waits stay spread at the cap, and a finished task is noticed sooner than by a fixed poke there."""
+        rng = random.Random(42)
+        delays = [PollingPolicy().delay(10_000, None, rng) for _ in range(200)]
+        assert 24.0 <= min(delays) < 24.5
+        assert 29.5 < max(delays) < 30.0
+
     def test_the_first_poll_is_spread_widest(self) -> None:
         rng = random.Random(42)
         delays = [PollingPolicy(poll_interval=10).first_delay(rng) for _ in range(200)]
