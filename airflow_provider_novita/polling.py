@@ -186,7 +186,6 @@ class BatchPoller:
             for task_id in self.pending()
         }
         self._fatal: str | None = None
-        self._last_statuses = ""
         self._last_logged = 0.0
 
     def pending(self) -> list[str]:
@@ -201,11 +200,13 @@ class BatchPoller:
         self, polled: Sequence[str], answers: Sequence[TaskResult | BaseException], now: float
     ) -> None:
         """Take in one round: the ids polled, answered by ``now``, and each one's result or error."""
-        failed_transiently = False
+        failed_transiently = changed = False
         elapsed = max(0.0, now - self.started_at)
         for task_id, answer in zip(polled, answers, strict=True):
             eta = None
             if isinstance(answer, TaskResult):
+                known = self.results.get(task_id)
+                changed = changed or known is None or known.status is not answer.status
                 self.results[task_id] = answer
                 if answer.status.is_terminal:
                     self._due.pop(task_id, None)
@@ -225,14 +226,14 @@ class BatchPoller:
         self.consecutive_errors = self.consecutive_errors + 1 if failed_transiently else 0
         if self.consecutive_errors >= self.max_consecutive_errors:
             self._fatal = f"polling Novita failed in {self.consecutive_errors} consecutive rounds"
-        self._log_progress()
+        self._log_progress(changed)
 
     def outcome(self, now: float) -> BatchOutcome | None:
         """The final outcome, or None while the batch should still be polled."""
-        results = [self.results.get(task_id) for task_id in self.task_ids]
         if self._fatal is not None:
-            return BatchOutcome(OutcomeStatus.ERROR, self.task_ids, results, self._fatal)
+            return BatchOutcome(OutcomeStatus.ERROR, self.task_ids, self._in_order(), self._fatal)
         if not self._due:
+            results = self._in_order()
             if failed := failures(results):
                 return BatchOutcome(
                     OutcomeStatus.FAILED, self.task_ids, results, f"{len(failed)} task(s) failed"
@@ -242,33 +243,35 @@ class BatchPoller:
             return BatchOutcome(
                 OutcomeStatus.TIMEOUT,
                 self.task_ids,
-                results,
+                self._in_order(),
                 f"deadline passed with {len(self._due)} unfinished",
             )
         return None
+
+    def _in_order(self) -> list[TaskResult | None]:
+        return [self.results.get(task_id) for task_id in self.task_ids]
 
     def next_delay(self, now: float) -> float:
         """Seconds until the next round: until the soonest task is due, never past the deadline."""
         return max(0.0, min(*self._due.values(), self.end_time) - now) if self._due else 0.0
 
-    def _log_progress(self) -> None:
+    def _log_progress(self, changed: bool) -> None:
         # A line when a task changes status, else one a minute: progress moves every round, and a
-        # line per round per trigger drowns a triggerer's logs (13,000 lines for 1,000 jobs).
+        # line per round per trigger drowns a triggerer's logs (13,000 lines for 1,000 jobs). Nothing
+        # is counted in a round that logs nothing: a batch's rounds are most of its CPU.
+        now = time.monotonic()
+        if not changed and now - self._last_logged < PROGRESS_LOG_INTERVAL:
+            return
         counts = Counter(r.status.name for r in self.results.values())
         unseen = len(self.task_ids) - len(self.results)
         parts = [f"{name.lower()} {count}" for name, count in sorted(counts.items())]
         if unseen:
             parts.append(f"not yet seen {unseen}")
-        statuses = ", ".join(parts)
-        now = time.monotonic()
-        if statuses == self._last_statuses and now - self._last_logged < PROGRESS_LOG_INTERVAL:
-            return
         running = [r for r in self.results.values() if not r.status.is_terminal]
         progress = [r.progress_percent for r in running if r.progress_percent is not None]
         etas = [r.eta for r in running if r.eta is not None]
         detail = (f"; progress {min(progress):g}%" if progress else "") + (
             f", max eta {max(etas):g}s" if etas else ""
         )
-        log.info("Novita batch of %d task(s): %s%s", len(self.task_ids), statuses, detail)
-        self._last_statuses = statuses
+        log.info("Novita batch of %d task(s): %s%s", len(self.task_ids), ", ".join(parts), detail)
         self._last_logged = now

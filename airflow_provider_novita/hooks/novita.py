@@ -383,6 +383,9 @@ class NovitaSession:
                 except NovitaError as err:
                     return err
 
+        if len(task_ids) == 1:
+            # Most rounds poll one task (each task keeps its own time): no task for gather to make.
+            return [await poll(task_ids[0])]
         return list(await asyncio.gather(*(poll(task_id) for task_id in task_ids)))
 
     async def wait_for_tasks(
