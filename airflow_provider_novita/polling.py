@@ -18,9 +18,10 @@ spends as few as it can without noticing a finished task late:
   is wrong;
 * without an eta, the wait grows with the time already waited, ``poll_interval + 0.5 * elapsed``,
   up to ``max_poll_interval`` (30 s), +/-20% jitter but never past the cap (at the cap, 24-30 s), so
-  a finished task is noticed at most ``max_poll_interval`` late. That is the schedule of multiplying each wait
-  by 1.5, but it depends only on the start time, so a sensor in ``reschedule`` mode, which is a new
-  process at every poke, keeps the pace without remembering how many polls it made.
+  a finished task is noticed at most ``max_poll_interval`` late. That is the schedule of
+  multiplying each wait by 1.5, but it depends only on the start time, so a sensor in
+  ``reschedule`` mode, which is a new process at every poke, keeps the pace without remembering how
+  many polls it made.
 
 Every task of a batch keeps its own next poll time, and a round polls only the tasks that are due,
 never one whose eta has not passed. Finished tasks are never polled again.
