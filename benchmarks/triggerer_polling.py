@@ -79,10 +79,9 @@ run), and whether its burst set off a full collection, ~100 ms over Airflow's he
 more than on the row. A real triggerer meets a burst at any point of that cycle; what a trigger adds
 toward the next full collection is the objects it keeps while it waits (pinned by a unit test of
 ``TaskResultTrigger``). Triggers still waiting 10 s after the jobs' end plus ``--grace`` are cut off
-and counted. A run that fails is reported and
-the others go on (the exit status is then 1). Under the tables, notes name what may skew a run:
-other processes busy meanwhile (from the machine's CPU counters), a busy server, unexpected log
-warnings, errors.
+and counted. A run that fails is reported and the others go on (the exit status is then 1). Under
+the tables, notes name what may skew a run: other processes busy meanwhile (from the machine's CPU
+counters), a busy server, unexpected log warnings, errors.
 
 How to read it: the machine is shared and noisy; compare ratios within one run (ours against the
 peer and the floor), not absolutes across machines, and rerun before trusting a difference under
@@ -863,14 +862,17 @@ def group_rows(measured: Measured, floors: dict[int, float]) -> list[dict[str, A
             "statuses": statuses,
         }
         shared = (
-            *("cores", "rss_peak_mb", "lag_p50_ms", "lag_p99_ms", "lag_max_ms", "tcp_connections"),
-            *(
-                "max_open_connections",
-                "wall_s",
-                "lag_max_without_full_gc_ms",
-                "full_gc_count",
-                "full_gc_max_ms",
-            ),
+            "cores",
+            "rss_peak_mb",
+            "lag_p50_ms",
+            "lag_p99_ms",
+            "lag_max_ms",
+            "tcp_connections",
+            "max_open_connections",
+            "wall_s",
+            "lag_max_without_full_gc_ms",
+            "full_gc_count",
+            "full_gc_max_ms",
         )
         row.update(dict.fromkeys(shared), cpu_per_job_ms=None, rss_per_trigger_kb=None, rss_per_job_kb=None)
         row["rss_over_floor_per_job_kb"] = None
