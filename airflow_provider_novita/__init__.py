@@ -32,6 +32,12 @@ CONNECTION_FIELDS: dict[str, Any] = {
         "description": "Retries of a request that failed with 429, 5xx or a network error. Default 5.",
         "schema": {"type": ["integer", "null"], "minimum": 0},
     },
+    "proxy": {
+        "label": "Proxy URL",
+        "description": "http(s)://[user:password@]host:port for every call of this connection, "
+        "downloads included. Empty: the HTTPS_PROXY / NO_PROXY environment applies.",
+        "schema": {"type": ["string", "null"]},
+    },
 }
 
 

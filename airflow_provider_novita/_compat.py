@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from airflow.sdk import conf
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+    from airflow.sdk.exceptions import (
+        AirflowFailException,
+        AirflowNotFoundException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+    )
 else:
     try:
         from airflow.sdk import conf
@@ -21,9 +26,25 @@ else:
         from airflow.configuration import conf
 
     try:
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+        from airflow.sdk.exceptions import (
+            AirflowFailException,
+            AirflowNotFoundException,
+            AirflowSensorTimeout,
+            AirflowSkipException,
+        )
     except ImportError:  # Airflow 3.1: in the Task SDK from 3.2
-        from airflow.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+        from airflow.exceptions import (
+            AirflowFailException,
+            AirflowNotFoundException,
+            AirflowSensorTimeout,
+            AirflowSkipException,
+        )
 
 
-__all__ = ["AirflowFailException", "AirflowSensorTimeout", "AirflowSkipException", "conf"]
+__all__ = [
+    "AirflowFailException",
+    "AirflowNotFoundException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
+    "conf",
+]

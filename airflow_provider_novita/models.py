@@ -11,9 +11,11 @@ wait. Everything downstream works with these frozen dataclasses instead of raw d
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -90,52 +92,78 @@ def check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {_shown(value)}")
 
 
-def check_image_url(value: object) -> str:
-    """
-    The source image URL, stripped of surrounding whitespace, or a ValueError naming ``image``.
+# What ``image`` may be, for the messages that refuse something else.
+IMAGE_FORMS = (
+    "an http(s) URL, an object storage URI such as s3://[conn_id@]bucket/key, gs://bucket/key or "
+    "abfs://container/key, or an ObjectStoragePath"
+)
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_LOCAL_SCHEMES = ("file", "local")
 
-    Novita fetches the source itself, so only an absolute http(s) URL with a host can work. Whitespace
-    around a URL is stripped (it is a common copy-paste and template artefact); whitespace or control
-    characters inside one are rejected, since no valid URL has them and Novita would fail the task
-    only after billing-relevant work.
+
+def is_storage_uri(source: str) -> bool:
+    """Whether a checked source (see :func:`check_image`) is an object storage URI, to be signed."""
+    return urlsplit(source).scheme not in ("http", "https")
+
+
+def check_image(value: object) -> str:
+    """
+    A source image, stripped of surrounding whitespace, or a ValueError naming ``image``.
+
+    Novita fetches the source itself, so it must be an absolute http(s) URL with a host, or an object
+    storage URI naming one object (``s3://[conn_id@]bucket/key``), which the worker signs before it
+    is sent. A local path cannot work: Novita cannot reach it. Whitespace around a value is stripped
+    (a common copy-paste and template artefact); whitespace or control characters inside one are
+    rejected, since no valid URL has them and Novita would fail the task only after billing-relevant
+    work. Only the form is checked here; whether a storage URI's object exists and can be signed is
+    checked in the worker before anything is submitted.
     """
     if not isinstance(value, str):
-        raise ValueError(f"image must be an http(s) URL of the source image (a string); got {_shown(value)}")
-    url = value.strip()
+        raise ValueError(f"image must be {IMAGE_FORMS}; got {_shown(value)}")
+    source = value.strip()
     problem = ""
-    if any(char.isspace() or not char.isprintable() for char in url):
+    if not source:
+        problem = "it is empty"
+    elif any(char.isspace() or not char.isprintable() for char in source):
         problem = "it contains whitespace or control characters"
     else:
         try:
-            parts = urlsplit(url)
+            parts = urlsplit(source)
             hostname = parts.hostname
         except ValueError:
             parts, hostname = None, None
-        if parts is None or parts.scheme not in ("http", "https"):
-            problem = "it is not an http(s) URL"
+        scheme = parts.scheme.lower() if parts is not None and "://" in source else ""
+        if parts is None or (scheme and not _SCHEME.fullmatch(scheme)):
+            problem = "it is not a URL"
+        elif scheme in ("", *_LOCAL_SCHEMES):
+            problem = (
+                "it is a local file, which Novita cannot fetch: put it in object storage and pass its URI"
+            )
         elif not hostname:
-            problem = "it has no host"
+            problem = "it has no host" if scheme in ("http", "https") else "it names no bucket"
+        elif scheme not in ("http", "https") and (not parts.path.strip("/") or parts.path.endswith("/")):
+            problem = "it names no object (no key after the bucket), or a folder"
     if problem:
-        raise ValueError(f"image must be an http(s) URL of the source image, but {problem}: {_shown(url)}")
-    return url
+        raise ValueError(f"image must be {IMAGE_FORMS}, but {problem}: {_shown(source)}")
+    return source
 
 
-def check_image_urls(image: object) -> list[str]:
-    """The source URLs of ``image`` (one URL or a non-empty list of them), checked and stripped."""
+def check_images(image: object) -> list[str]:
+    """The sources of ``image`` (one source or a non-empty list of them), checked and stripped."""
     if isinstance(image, str):
-        return [check_image_url(image)]
+        return [check_image(image)]
     if not isinstance(image, (list, tuple)) or not image:
         raise ValueError(
-            "image must be one http(s) URL or a non-empty list of them; got "
+            "image must be one source or a non-empty list of them; got "
             + ("an empty list" if isinstance(image, (list, tuple)) else f"a {type(image).__name__}")
         )
-    urls = []
-    for position, url in enumerate(image):
+    sources = []
+    for position, source in enumerate(image):
         try:
-            urls.append(check_image_url(url))
+            sources.append(check_image(source))
         except ValueError as err:
             raise ValueError(f"{err} (at position {position} of the image list)") from None
-    return urls
+    return sources
 
 
 def redact_url(url: object) -> str:
@@ -165,18 +193,32 @@ def _shown(value: object) -> str:
 
 @dataclass(frozen=True)
 class UpscaleRequest:
-    """The body of ``POST /v3/async/image-upscaler``, validated on construction."""
+    """
+    One image to upscale, validated on construction: the body of ``POST /v3/async/image-upscaler``.
+
+    ``image`` is the source as the DAG names it. An object storage URI is signed into an http(s) URL
+    (:meth:`with_image`) right before it is sent; only a request whose image is an http(s) URL
+    becomes a body.
+    """
 
     image: str
     resolution: str = DEFAULT_RESOLUTION
     output_format: str = DEFAULT_OUTPUT_FORMAT
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image", check_image_url(self.image))
+        object.__setattr__(self, "image", check_image(self.image))
         check_choice("resolution", self.resolution, RESOLUTIONS)
         check_choice("output_format", self.output_format, OUTPUT_FORMATS)
 
+    def with_image(self, url: str) -> UpscaleRequest:
+        """The same request for the URL Novita fetches (a signed URL of this request's source)."""
+        return dataclasses.replace(self, image=url)
+
     def to_json(self) -> dict[str, str]:
+        if is_storage_uri(self.image):
+            raise ValueError(
+                f"image {_shown(self.image)} must be signed into an http(s) URL before it is sent"
+            )
         return {"image": self.image, "resolution": self.resolution, "output_format": self.output_format}
 
     def identity(self, position: int) -> str:

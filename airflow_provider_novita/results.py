@@ -75,6 +75,7 @@ def finish_batch(
     output_path: str | ObjectStoragePath | None,
     outlets: Sequence[object],
     reused: Mapping[int, dict[str, Any]] | None = None,
+    proxy: str | None = None,
 ) -> list[dict[str, Any]]:
     """
     Turn the outcome into the task's return value: one record per image, in batch order.
@@ -84,6 +85,7 @@ def finish_batch(
     batch, of images that were not submitted because their file was already there, and the outcome's
     results are those of the other positions, in order. Every :class:`~airflow.sdk.Asset` outlet's
     event gets ``count``, the Novita ``task_ids`` and, with ``output_path``, the ``paths`` in its extra.
+    ``proxy`` is the Novita connection's, for the downloads (None: the proxy environment variables).
     """
     reused = reused or {}
     results = outcome.results_or_raise(timeout_description)
@@ -93,7 +95,7 @@ def finish_batch(
     submitted = [sources[position] for position in positions]
     fresh = [result_record(result, source) for result, source in zip(results, submitted, strict=True)]
     if output_path:
-        paths = _persist(context, results, submitted, positions, resolution, output_path)
+        paths = _persist(context, results, submitted, positions, resolution, output_path, proxy)
         for record, path in zip(fresh, paths, strict=True):
             record["path"] = path
             record["reused"] = False
@@ -122,6 +124,7 @@ def _persist(
     positions: Sequence[int],
     resolution: str | None,
     output_path: str | ObjectStoragePath,
+    proxy: str | None,
 ) -> list[str]:
     memory = RetryMemory(context, PERSISTED_STATE_KEY)
     written = {result.task_id: memory.get(result.task_id) for result in results}
@@ -135,4 +138,5 @@ def _persist(
         map_index=map_index(context),
         written_before=written,
         on_written=memory.set,
+        proxy=proxy,
     )

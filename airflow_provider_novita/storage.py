@@ -10,15 +10,17 @@ worker's current directory happens to be.
 
 Each result is streamed in chunks of :data:`CHUNK_SIZE` into a temporary object next to its final
 name, checked against the ``Content-Length`` the server announced, and only then renamed to its
-final name, so a final name always holds a complete image and a broken download leaves nothing
-behind. ``Content-Length`` counts the bytes on the wire: a result served with
-``Content-Encoding: gzip`` is checked against the compressed bytes received and saved decoded.
+final name (on S3 and GCS a server-side copy that keeps the object's content type), so a final name
+always holds a complete image and a broken download leaves nothing behind. ``Content-Length``
+counts the bytes on the wire: a result served with ``Content-Encoding: gzip`` is checked against the
+compressed bytes received and saved decoded.
 
 File names are ``<stem>-<resolution>-<digest>.<ext>``: ``stem`` is the source image's file name
 without extension (the Novita task id when the source is unknown, ``image`` when neither leaves
 anything), ``resolution`` is omitted when unknown (the sensor does not know it), ``ext`` is the
-result's format, and ``digest`` is the first 8 hex digits of the SHA-256 of the source URL, the map
-index and the position in the batch. Two images of one batch or of one mapped task therefore never
+result's format, and ``digest`` is the first 8 hex digits of the SHA-256 of the source (its URL or
+object storage URI, as the DAG gave it, never a signed URL), the map index and the position in the
+batch. Two images of one batch or of one mapped task therefore never
 share a name, and a re-run of the same DAG run writes to the same names.
 
 The task id and the format come from Novita's answer, so they are treated as untrusted: every part
@@ -180,6 +182,7 @@ def persist_results(
     map_index: int,
     written_before: Mapping[str, Any],
     on_written: Callable[[str, dict[str, Any]], None],
+    proxy: str | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> list[str]:
     """
@@ -189,13 +192,15 @@ def persist_results(
     :param written_before: Novita task id -> ``{"path", "size"}`` of files an earlier try of this task
         instance completed. Such a file that still has that size is not downloaded again.
     :param on_written: called with the task id and ``{"path", "size"}`` as soon as a file is complete.
+    :param proxy: the proxy for the downloads (the Novita connection's ``proxy`` extra); None leaves it
+        to the proxy environment variables.
     :param transport: what carries the downloads; tests pass one to serve results without a network.
     """
     root = output_root(output_path)
     if root.protocol in ("file", "local"):
         root.mkdir(parents=True, exist_ok=True)
     paths = []
-    with _plain_client(DOWNLOAD_TIMEOUT, transport) as client:
+    with _plain_client(DOWNLOAD_TIMEOUT, proxy, transport) as client:
         for result, destination in zip(results, destinations, strict=True):
             task_id = result.task_id
             target = root / output_name(task_id, result.images[0].image_type, destination, map_index)
@@ -209,7 +214,13 @@ def persist_results(
     return paths
 
 
-def url_answers(url: str, *, timeout: float = 10.0, transport: httpx.BaseTransport | None = None) -> bool:
+def url_answers(
+    url: str,
+    *,
+    timeout: float = 10.0,
+    proxy: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> bool:
     """
     Whether a result URL still serves its image, asked for one byte so that nothing big is fetched.
 
@@ -220,7 +231,7 @@ def url_answers(url: str, *, timeout: float = 10.0, transport: httpx.BaseTranspo
     where = redact_url(url)
     try:
         with (
-            _plain_client(timeout, transport) as client,
+            _plain_client(timeout, proxy, transport) as client,
             client.stream("GET", url, headers={"Range": "bytes=0-0"}) as response,
         ):
             status = response.status_code
@@ -231,12 +242,14 @@ def url_answers(url: str, *, timeout: float = 10.0, transport: httpx.BaseTranspo
     return status in (200, 206)
 
 
-def _plain_client(timeout: float | httpx.Timeout, transport: httpx.BaseTransport | None) -> httpx.Client:
+def _plain_client(
+    timeout: float | httpx.Timeout, proxy: str | None, transport: httpx.BaseTransport | None
+) -> httpx.Client:
     # A plain client on purpose: result URLs are presigned links on other hosts, which must never see
-    # the Novita API key.
-    return httpx.Client(
-        timeout=timeout, verify=shared_ssl_context(), follow_redirects=True, transport=transport
-    )
+    # the Novita API key. A test transport answers everything itself, so no proxy stands in front of it.
+    if transport is not None:
+        return httpx.Client(timeout=timeout, follow_redirects=True, transport=transport)
+    return httpx.Client(timeout=timeout, verify=shared_ssl_context(), follow_redirects=True, proxy=proxy)
 
 
 def _is_complete(target: ObjectStoragePath, written: object) -> bool:
@@ -264,7 +277,7 @@ def _download(client: httpx.Client, result: TaskResult, target: ObjectStoragePat
                 raise _unavailable(result, f"HTTP {response.status_code}")
             announced = response.headers.get("Content-Length")
             written = 0
-            with partial.open("wb") as out:  # type: ignore[no-untyped-call]
+            with partial.open("wb", **_content_type(target)) as out:  # type: ignore[no-untyped-call]
                 for chunk in response.iter_bytes(CHUNK_SIZE):
                     out.write(chunk)
                     written += len(chunk)
@@ -280,6 +293,24 @@ def _download(client: httpx.Client, result: TaskResult, target: ObjectStoragePat
     finally:
         if partial.exists():
             partial.unlink()
+
+
+# How each object store takes an object's content type when it is written; a server-side rename (a
+# copy on S3 and GCS) keeps it. Other stores and local files keep none.
+_CONTENT_TYPE_OPTION = {
+    "s3": "ContentType",
+    "s3a": "ContentType",
+    "gs": "content_type",
+    "gcs": "content_type",
+}
+_CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+def _content_type(target: ObjectStoragePath) -> dict[str, str]:
+    """The open() option that gives ``target`` its image's content type, where its store keeps one."""
+    option = _CONTENT_TYPE_OPTION.get(target.protocol)
+    content_type = _CONTENT_TYPES.get(target.suffix.lstrip("."))
+    return {option: content_type} if option and content_type else {}
 
 
 def _unavailable(result: TaskResult, problem: str) -> NovitaError:

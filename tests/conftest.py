@@ -38,8 +38,9 @@ os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
 
 import pytest  # noqa: E402
 
-# The shipped emulator fixtures (novita_emulator, novita_emulator_factory), as a user would enable them.
-pytest_plugins = ["airflow_provider_novita.emulator.pytest_plugin"]
+# The shipped emulator fixtures (novita_emulator, novita_emulator_factory), as a user would enable them,
+# and a real S3 API (moto_endpoint, s3).
+pytest_plugins = ["airflow_provider_novita.emulator.pytest_plugin", "tests.s3"]
 
 API_KEY = "sk-test-0123456789abcdef"
 

@@ -17,7 +17,7 @@ from airflow_provider_novita.models import (
     TaskResult,
     TaskStatus,
     UpscaleRequest,
-    check_image_url,
+    check_image,
     is_plain_literal,
     redact_url,
 )
@@ -78,35 +78,56 @@ class TestImageUrl:
     @pytest.mark.parametrize(
         ("image", "problem"),
         [
-            ("/tmp/a.png", "it is not an http\\(s\\) URL"),
-            ("s3://bucket/a.png", "it is not an http\\(s\\) URL"),
-            ("file:///a.png", "it is not an http\\(s\\) URL"),
-            ("", "it is not an http\\(s\\) URL"),
+            ("/tmp/a.png", "it is a local file, which Novita cannot fetch: put it in object storage"),
+            ("a.png", "it is a local file"),
+            ("file:///a.png", "it is a local file"),
+            ("local:///a.png", "it is a local file"),
+            ("", "it is empty"),
             ("https://", "it has no host"),
             ("http://:80/a.png", "it has no host"),
-            ("http://[::1/a.png", "it is not an http\\(s\\) URL"),
+            ("http://[::1/a.png", "it is not a URL"),
+            ("s3:///a.png", "it names no bucket"),
+            ("s3://bucket", "it names no object"),
+            ("s3://bucket/", "it names no object"),
+            ("s3://aws_default@bucket/", "it names no object"),
+            ("gs://bucket/folder/", "it names no object"),
+            ("s3://bucket/a b.png", "it contains whitespace or control characters"),
             ("https://x.test/a b.png", "it contains whitespace or control characters"),
             ("https://x.test/a.png\x00", "it contains whitespace or control characters"),
             ("https://x.test/\ta.png", "it contains whitespace or control characters"),
             ("https://x.test/a.png\u200b", "it contains whitespace or control characters"),
         ],
     )
-    def test_only_absolute_http_urls_with_a_host_and_no_inner_blanks(self, image: str, problem: str) -> None:
+    def test_only_http_urls_or_storage_uris_of_one_object(self, image: str, problem: str) -> None:
         with pytest.raises(
-            ValueError, match=f"^image must be an http\\(s\\) URL of the source image, but {problem}"
+            ValueError, match=f"^image must be an http\\(s\\) URL, an object storage URI.*but {problem}"
         ):
-            check_image_url(image)
+            check_image(image)
+
+    @pytest.mark.parametrize(
+        "image",
+        [
+            "https://x.test/a.png",
+            "s3://bucket/a.png",
+            "s3://aws_default@bucket/photos/2026/a.png",
+            "gs://bucket/a.png",
+            "abfs://container/dir/a.png",
+            "  s3://bucket/a.png\n",
+        ],
+    )
+    def test_http_urls_and_object_storage_uris_are_sources(self, image: str) -> None:
+        assert check_image(image) == image.strip()
 
     @pytest.mark.parametrize("value", [5, None, {"url": "https://x.test/a.png"}, ["https://x.test/a.png"]])
     def test_a_non_string_is_named_with_its_type(self, value: object) -> None:
         with pytest.raises(
-            ValueError, match=f"^image must be an http\\(s\\) URL .*got {type(value).__name__}"
+            ValueError, match=f"^image must be an http\\(s\\) URL, .*; got {type(value).__name__}"
         ):
-            check_image_url(value)
+            check_image(value)
 
     def test_errors_never_show_a_presigned_query(self) -> None:
         with pytest.raises(ValueError, match="image must") as info:
-            check_image_url("https://b.test/a b.png?X-Amz-Signature=secret")
+            check_image("https://b.test/a b.png?X-Amz-Signature=secret")
         assert "secret" not in str(info.value)
         assert "https://b.test/a b.png" in str(info.value)
 

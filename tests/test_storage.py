@@ -20,6 +20,7 @@ from airflow.sdk import ObjectStoragePath
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_novita.emulator import EmulatorServer
 from airflow_provider_novita.exceptions import NovitaError
 from airflow_provider_novita.models import ResultImage, TaskResult, TaskStatus
 from airflow_provider_novita.storage import (
@@ -30,6 +31,7 @@ from airflow_provider_novita.storage import (
     persist_results,
     url_answers,
 )
+from tests.forward_proxy import ForwardProxy
 
 RECORD = ("task-7", "jpeg")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
@@ -475,3 +477,44 @@ class TestFilesARerunMayReuse:
         )
 
         assert existing_result(str(tmp_path), "png", self.DESTINATION, 3) == path
+
+
+class TestBehindAProxy:
+    """Downloads and URL checks go through the Novita connection's proxy, else the environment's."""
+
+    HOST = "results.proxied.test"
+
+    @pytest.fixture(autouse=True)
+    def only_this_tests_proxy(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+            monkeypatch.delenv(name.lower(), raising=False)
+
+    @pytest.mark.parametrize("given", ["extra", "environment"])
+    def test_a_result_on_a_host_only_the_proxy_resolves_is_saved(
+        self,
+        given: str,
+        novita_emulator: EmulatorServer,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        with ForwardProxy(tmp_path, hosts={self.HOST: "127.0.0.1"}) as proxy:
+            url = f"http://{self.HOST}:{novita_emulator.port}/samples/landscape.png"
+            if given == "environment":
+                monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            result = TaskResult("task-7", TaskStatus.SUCCEED, images=(ResultImage(url, "png", 3600),))
+            (path,) = persist_results(
+                [result],
+                [Destination(url, "2k", 0)],
+                f"file://{tmp_path}/out",
+                map_index=-1,
+                written_before={},
+                on_written=lambda *_: None,
+                proxy=proxy.url if given == "extra" else None,
+            )
+            assert url_answers(url, proxy=proxy.url if given == "extra" else None)
+            assert [entry["target"] for entry in proxy.requests()] == [url, url]
+        assert ObjectStoragePath(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_without_the_proxy_the_result_host_does_not_answer(self, novita_emulator: EmulatorServer) -> None:
+        assert not url_answers(f"http://{self.HOST}:{novita_emulator.port}/samples/landscape.png")

@@ -1,18 +1,17 @@
 """
-What a Novita connection says, the requests built from it, and the transports that carry them.
+What a Novita connection says, the requests built from it, and the httpx clients that send them.
 
 Measured on peers (see the README's performance section): an httpx client costs about 850 KB and
 tens of milliseconds, most of it its own SSL context, and a client per trigger opens a TCP
-connection per poll. So every transport here shares one SSL context per process, keeps connections
+connection per poll. So every client here shares one SSL context per process, keeps connections
 alive longer than the longest poll interval, and on the triggerer all triggers of one event loop
-that use the same connection share one transport (:data:`shared_async_transports`) and, for
+that use the same connection share one client (:data:`shared_async_clients`) and, for
 :data:`SETTINGS_TTL` seconds, one lookup of the connection (:data:`connection_settings`).
 
-The hook sends prepared ``httpx.Request`` objects straight through an httpx transport rather than
-through an ``httpx.Client``: profiled on a poll, the client's per-request work (merging the base
-URL and query parameters, parsing the URL three times, extracting cookies Novita never sets) was
-about a third of the CPU this process spends on a request. What the client would add is built here
-once per connection instead: the headers and the timeouts; the URL is the base URL plus the path.
+Requests are built here once per connection (headers, timeouts, the URL as the base URL plus the
+path) and sent with ``client.send``: the client adds what only it knows, the proxy for the URL (the
+connection's ``proxy`` extra, else ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``, as
+any httpx client reads them), and closes a response whose request was cancelled.
 """
 
 from __future__ import annotations
@@ -25,10 +24,12 @@ import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import httpx
 
 from airflow_provider_novita import __version__
+from airflow_provider_novita.models import redact_url
 from airflow_provider_novita.polling import DEFAULT_MAX_POLL_INTERVAL
 from airflow_provider_novita.retries import RetryPolicy
 
@@ -44,11 +45,11 @@ DEFAULT_MAX_RETRIES = 5
 CONNECT_TIMEOUT = 10.0
 # Longer than the default longest wait between polls, so a waiting batch reuses its connection.
 KEEPALIVE_EXPIRY = DEFAULT_MAX_POLL_INTERVAL + 30.0
-# Requests one shared transport has in flight at once, and so its connections. More requests wait on
+# Requests one shared client has in flight at once, and so its connections. More requests wait on
 # a semaphore, which is cheap, instead of in httpcore's pool, where handing a connection over costs
 # time in proportion to the queue (measured: a 1000-trigger burst spent 98% of its CPU there).
 MAX_IN_FLIGHT = 32
-# Requests a shared transport starts per second once a burst has used its allowance: at most about
+# Requests a shared client starts per second once a burst has used its allowance: at most about
 # half a core of requests, so that a burst (tens of thousands of tasks with the same eta) cannot
 # saturate the loop. Lower rates were measured to delay the first polls of 10,000 jobs by 20-40 s. A
 # lone job never waits: its allowance is full.
@@ -62,15 +63,18 @@ SETTINGS_TTL = 10.0
 @dataclass(frozen=True)
 class ConnectionSettings:
     """
-    What a Novita connection says: where the API is, the key, and request tuning from ``extra``.
+    What a Novita connection says: where the API is, the key, the proxy, and request tuning from
+    ``extra``.
 
-    The key is excluded from ``repr`` so that no log line or traceback of this object shows it.
+    The key and the proxy URL (which may hold credentials) are excluded from ``repr`` so that no log
+    line or traceback of this object shows them.
     """
 
     base_url: str
     api_key: str = field(repr=False)
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    proxy: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_connection(cls, conn: Connection) -> ConnectionSettings:
@@ -82,7 +86,13 @@ class ConnectionSettings:
             api_key=_api_key(conn),
             timeout=_number(extra, "timeout", DEFAULT_TIMEOUT, conn.conn_id),
             max_retries=int(_number(extra, "max_retries", DEFAULT_MAX_RETRIES, conn.conn_id)),
+            proxy=proxy_url(extra.get("proxy"), conn.conn_id),
         )
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What no message may show: the key and the proxy's credentials."""
+        return (self.api_key, *proxy_secrets(self.proxy))
 
     @cached_property
     def headers(self) -> httpx.Headers:
@@ -128,7 +138,16 @@ class ConnectionSettings:
             extensions={"timeout": self.timeouts(deadline)},
         )
 
-    def transport_options(self, verify: ssl.SSLContext) -> dict[str, Any]:
+    def client_options(
+        self, verify: ssl.SSLContext, transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None
+    ) -> dict[str, Any]:
+        """
+        What an ``httpx.Client`` or ``AsyncClient`` for this connection is made with.
+
+        :param transport: answers every request itself (tests): then no proxy stands in between.
+        """
+        if transport is not None:
+            return {"transport": transport}
         return {
             # Keep-alive for every connection: httpcore 1.0 closes an idle connection whenever the pool
             # holds more than max_keepalive_connections in all, which under load means one per request.
@@ -138,6 +157,8 @@ class ConnectionSettings:
                 keepalive_expiry=KEEPALIVE_EXPIRY,
             ),
             "verify": verify,
+            # None leaves the choice to the environment (trust_env), as in any httpx client.
+            "proxy": self.proxy,
         }
 
 
@@ -191,6 +212,44 @@ def _number(extra: Mapping[str, Any], key: str, default: float, conn_id: str) ->
             f"Connection {conn_id!r}: extra {key!r} must be a non-negative number; got {value!r}"
         )
     return number
+
+
+def proxy_url(value: object, conn_id: str) -> str | None:
+    """
+    The ``proxy`` extra: an http(s) URL, credentials allowed (``http://user:pass@proxy.corp:3128``).
+
+    A proxy given here is used for everything the connection does, ahead of the proxy environment
+    variables, ``NO_PROXY`` included. A message about a bad value never repeats its credentials.
+    """
+    if value in (None, ""):
+        return None
+    problem = ""
+    if not isinstance(value, str):
+        problem = f"a {type(value).__name__}"
+    else:
+        try:
+            url = httpx.URL(value.strip())
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            problem = repr(redact_url(value))
+    if problem:
+        raise ValueError(
+            f"Connection {conn_id!r}: extra 'proxy' must be an http:// or https:// URL of a proxy, such "
+            f"as http://user:password@proxy.corp:3128; got {problem}"
+        )
+    return str(value).strip()
+
+
+def proxy_secrets(proxy: str | None) -> tuple[str, ...]:
+    """The credentials in a proxy URL, as written and decoded, for masking and redaction."""
+    if not proxy:
+        return ()
+    userinfo = httpx.URL(proxy).userinfo.decode()
+    password = userinfo.partition(":")[2]
+    return tuple(
+        secret for secret in {userinfo, password, unquote(userinfo), unquote(password)} if len(secret) > 1
+    )
 
 
 def _base_url(conn: Connection) -> str:
@@ -322,23 +381,22 @@ class Admission:
 
 
 @dataclass
-class SharedTransport:
-    """A transport shared by the triggers of one event loop and connection, its slots and admission."""
+class SharedClient:
+    """A client shared by the triggers of one event loop and connection, its slots and admission."""
 
-    transport: httpx.AsyncBaseTransport
-    owned: bool
+    client: httpx.AsyncClient
     key: tuple[int, ConnectionSettings, int]
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_IN_FLIGHT))
     admission: Admission = field(default_factory=lambda: Admission(ADMISSION_RATE, ADMISSION_BURST))
     users: int = 0
 
 
-class SharedAsyncTransports:
+class SharedAsyncClients:
     """
-    Hands out one :class:`SharedTransport` per event loop and connection settings, reference-counted.
+    Hands out one :class:`SharedClient` per event loop and connection settings, reference-counted.
 
     Triggers of the same connection on one triggerer then share a connection pool and its request
-    slots, and the transport is closed when the last of them releases it. Transports are never shared
+    slots, and the client is closed when the last of them releases it. Clients are never shared
     across event loops, which httpx does not support.
 
     A pair of calls rather than a context manager: a session holds its lease for the whole wait of a
@@ -348,41 +406,37 @@ class SharedAsyncTransports:
     """
 
     def __init__(self) -> None:
-        self._shared: dict[tuple[int, ConnectionSettings, int], SharedTransport] = {}
+        self._shared: dict[tuple[int, ConnectionSettings, int], SharedClient] = {}
 
     async def acquire(
         self, settings: ConnectionSettings, transport: httpx.AsyncBaseTransport | None = None
-    ) -> SharedTransport:
+    ) -> SharedClient:
         """
-        The shared transport for ``settings`` on the running loop; hand it back with :meth:`release`.
+        The shared client for ``settings`` on the running loop; hand it back with :meth:`release`.
 
-        :param transport: sends the requests instead of a network transport; meant for tests. It is
-            shared like a network transport, and not closed: its owner closes it.
+        :param transport: answers the requests instead of the network; meant for tests. Its client is
+            shared like any other; closing it leaves a ``MockTransport`` usable.
         """
         key = (id(asyncio.get_running_loop()), settings, id(transport))
         if key not in self._shared:
             verify = await ashared_ssl_context()
             if key not in self._shared:
-                self._shared[key] = SharedTransport(
-                    transport or httpx.AsyncHTTPTransport(**settings.transport_options(verify)),
-                    owned=transport is None,
-                    key=key,
-                )
+                client = httpx.AsyncClient(**settings.client_options(verify, transport))
+                self._shared[key] = SharedClient(client, key=key)
         shared = self._shared[key]
         shared.users += 1
         return shared
 
-    async def release(self, shared: SharedTransport) -> None:
-        """Ends one use of ``shared``; the last one closes the transport, if it is the network's."""
+    async def release(self, shared: SharedClient) -> None:
+        """Ends one use of ``shared``; the last one closes the client."""
         shared.users -= 1
         if shared.users == 0:
             del self._shared[shared.key]
-            if shared.owned:
-                await shared.transport.aclose()
+            await shared.client.aclose()
 
     def __len__(self) -> int:
         return len(self._shared)
 
 
-shared_async_transports = SharedAsyncTransports()
+shared_async_clients = SharedAsyncClients()
 connection_settings = SettingsCache()

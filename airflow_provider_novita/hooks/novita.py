@@ -25,9 +25,9 @@ from airflow_provider_novita.exceptions import (
 )
 from airflow_provider_novita.hooks.clients import (
     ConnectionSettings,
-    SharedTransport,
+    SharedClient,
     connection_settings,
-    shared_async_transports,
+    shared_async_clients,
     shared_ssl_context,
 )
 from airflow_provider_novita.models import TaskResult, UpscaleRequest, redact_url
@@ -63,18 +63,20 @@ class NovitaHook(BaseHook):
 
     The connection (type ``novita``) holds the API key as its password (surrounding whitespace is
     stripped), optionally the API base URL as its host (default ``https://api.novita.ai``), and in its
-    extra ``timeout`` (seconds per request, default 60) and ``max_retries`` (default 5). Requests that
+    extra ``timeout`` (seconds per request, default 60), ``max_retries`` (default 5) and ``proxy`` (a
+    proxy URL for everything the connection does; without it, the proxy environment variables
+    apply, as in any httpx client). Requests that
     fail transiently are retried as :mod:`airflow_provider_novita.retries` describes; a ``deadline``
     cuts every retry wait and request timeout. Every error raised is a
     :class:`~airflow_provider_novita.exceptions.NovitaError`, and none of their messages carries the key.
 
-    The sync methods use one httpx transport (a connection pool) per hook, closed by :meth:`close`.
+    The sync methods use one ``httpx.Client`` (a connection pool) per hook, closed by :meth:`close`.
     The async side is an explicit :meth:`session`: it looks the connection up without blocking the
     event loop, sharing the lookup with the sessions of the event loop opened within ``SETTINGS_TTL``
     (10) seconds (a connection edited in Airflow reaches new sessions at most that late, see
-    :meth:`asettings`), and leases the transport shared by every session of the event loop and
-    connection (see :mod:`airflow_provider_novita.hooks.clients`, which also says why requests skip
-    ``httpx.Client``). The async convenience methods open a session each.
+    :meth:`asettings`), and leases the ``httpx.AsyncClient`` shared by every session of the event loop
+    and connection (see :mod:`airflow_provider_novita.hooks.clients`). The async convenience methods
+    open a session each.
 
     :param novita_conn_id: the Airflow connection to use.
     :param transport: an httpx transport to send requests through instead of the network; meant for
@@ -129,7 +131,7 @@ class NovitaHook(BaseHook):
         from wtforms import IntegerField, StringField
         from wtforms.validators import Optional
 
-        kinds = {"number": StringField, "integer": IntegerField}
+        kinds = {"number": StringField, "integer": IntegerField, "string": StringField}
         widgets = {}
         for name, field in CONNECTION_FIELDS.items():
             kind = next(kind for kind in field["schema"]["type"] if kind != "null")
@@ -144,9 +146,10 @@ class NovitaHook(BaseHook):
     @cached_property
     def settings(self) -> ConnectionSettings:
         conn = self.get_connection(self.novita_conn_id)
-        for secret in _secrets(conn):
+        settings = ConnectionSettings.from_connection(conn)
+        for secret in _secrets(conn, settings):
             sdk_log.mask_secret(secret)
-        return ConnectionSettings.from_connection(conn)
+        return settings
 
     async def asettings(self) -> ConnectionSettings:
         """
@@ -160,9 +163,10 @@ class NovitaHook(BaseHook):
 
     async def _alook_up(self) -> ConnectionSettings:
         conn = await self.aget_connection(self.novita_conn_id)
-        for secret in _secrets(conn):
+        settings = ConnectionSettings.from_connection(conn)
+        for secret in _secrets(conn, settings):
             await _amask_secret(secret)
-        return ConnectionSettings.from_connection(conn)
+        return settings
 
     @property
     def retries(self) -> RetryPolicy:
@@ -171,20 +175,18 @@ class NovitaHook(BaseHook):
     # -- sync ---------------------------------------------------------------------------------
 
     @cached_property
-    def transport(self) -> httpx.BaseTransport:
-        """The sync transport: the one given (tests), else a connection pool of the hook's own."""
-        if self._transport is not None:
-            return self._transport
-        return httpx.HTTPTransport(**self.settings.transport_options(shared_ssl_context()))
+    def client(self) -> httpx.Client:
+        """The sync client: a connection pool of the hook's own, over the given transport in tests."""
+        return httpx.Client(**self.settings.client_options(shared_ssl_context(), self._transport))
 
-    def get_conn(self) -> httpx.BaseTransport:
-        return self.transport
+    def get_conn(self) -> httpx.Client:
+        return self.client
 
     def close(self) -> None:
-        """Close the sync transport, if the hook made one; it makes a new one if used again."""
-        transport = self.__dict__.pop("transport", None)
-        if transport is not None and transport is not self._transport:
-            transport.close()
+        """Close the sync client, if the hook made one; it makes a new one if used again."""
+        client = self.__dict__.pop("client", None)
+        if client is not None:
+            client.close()
 
     def _request(
         self,
@@ -195,14 +197,13 @@ class NovitaHook(BaseHook):
         deadline: float | None = None,
         json: Any = None,
     ) -> Any:
-        transport, settings, retries = self.transport, self.settings, self.retries
+        client, settings, retries = self.client, self.settings, self.retries
         failures = 0
         while True:
             try:
                 request = _request(settings, method, path, task_id, deadline, json)
                 try:
-                    response = transport.handle_request(request)
-                    response.read()
+                    response = client.send(request)
                 except httpx.HTTPError as err:
                     raise _connection_error(err, settings) from err
                 return _json_or_raise(response, task_id)
@@ -263,7 +264,9 @@ class NovitaHook(BaseHook):
                 str(err) if isinstance(err, (NovitaError, ValueError)) else f"{type(err).__name__}: {err}"
             )
             settings = self.__dict__.get("settings")
-            return False, redact(message, settings.api_key) if settings else message
+            for secret in settings.secrets if settings else ():
+                message = redact(message, secret)
+            return False, message
         finally:
             self.close()
 
@@ -296,7 +299,7 @@ class NovitaHook(BaseHook):
 
 class NovitaSession:
     """
-    One async conversation with Novita: the connection's settings, a lease on the transport shared
+    One async conversation with Novita: the connection's settings, a lease on the client shared
     by the event loop (with its request slots and admission) and the retry policy, fixed from
     ``async with`` to its end. Get one from :meth:`NovitaHook.session`.
 
@@ -313,7 +316,7 @@ class NovitaSession:
 
     def __init__(self, hook: NovitaHook) -> None:
         self._hook: NovitaHook | None = hook
-        self._shared: SharedTransport | None = None
+        self._shared: SharedClient | None = None
 
     async def __aenter__(self) -> NovitaSession:
         hook, self._hook = self._hook, None
@@ -321,13 +324,13 @@ class NovitaSession:
             raise RuntimeError("A NovitaSession is entered once; get another from NovitaHook.session()")
         self._settings = await hook.asettings()
         self._retries = hook.retries
-        self._shared = await shared_async_transports.acquire(self._settings, hook._transport)
+        self._shared = await shared_async_clients.acquire(self._settings, hook._transport)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         shared, self._shared = self._shared, None
         if shared is not None:
-            await shared_async_transports.release(shared)
+            await shared_async_clients.release(shared)
 
     async def request(
         self,
@@ -341,7 +344,7 @@ class NovitaSession:
         """The async twin of the hook's sync request loop: the same retries, deadline and errors."""
         if self._shared is None:
             raise RuntimeError("A NovitaSession sends requests only inside its async with block")
-        transport, slots, admission = self._shared.transport, self._shared.slots, self._shared.admission
+        client, slots, admission = self._shared.client, self._shared.slots, self._shared.admission
         failures = 0
         while True:
             try:
@@ -350,8 +353,7 @@ class NovitaSession:
                 request = _request(self._settings, method, path, task_id, deadline, json)
                 try:
                     async with slots:
-                        response = await transport.handle_async_request(request)
-                        await response.aread()
+                        response = await client.send(request)
                 except httpx.HTTPError as err:
                     raise _connection_error(err, self._settings) from err
                 return _json_or_raise(response, task_id)
@@ -400,9 +402,13 @@ class NovitaSession:
         return outcome
 
 
-def _secrets(conn: Connection) -> set[str]:
-    # Airflow masks the password as stored; the key is sent stripped, which that mask does not match.
-    return {secret for secret in (conn.password, (conn.password or "").strip()) if secret}
+def _secrets(conn: Connection, settings: ConnectionSettings) -> set[str]:
+    """
+    What to mask as soon as the connection is read: the key as stored and as sent (Airflow masks the
+    password as stored; the key is sent stripped, which that mask does not match), and the proxy's
+    credentials.
+    """
+    return {secret for secret in (conn.password, *settings.secrets) if secret}
 
 
 async def _amask_secret(secret: str) -> None:
@@ -467,8 +473,11 @@ def _connection_error(err: httpx.HTTPError, settings: ConnectionSettings) -> Nov
     if isinstance(err, httpx.DecodingError):
         return NovitaInvalidResponseError(f"Novita's answer could not be decoded: {type(err).__name__}")
     sent = not isinstance(err, _NOT_SENT_ERRORS)
-    # httpx and h11 may quote a header in their messages; the key must not travel on with it.
-    detail = redact(str(err), settings.api_key)
+    # httpx and h11 may quote a header in their messages; the key must not travel on with it, nor
+    # the proxy's credentials.
+    detail = str(err)
+    for secret in settings.secrets:
+        detail = redact(detail, secret)
     return NovitaConnectionError(
         f"Could not reach Novita at {redact_url(settings.base_url)}: {type(err).__name__}: {detail}"
         + (" (the request may have reached Novita)" if sent else ""),

@@ -22,7 +22,7 @@ from airflow_provider_novita.models import (
     TaskStatus,
     UpscaleRequest,
     check_choice,
-    check_image_urls,
+    check_images,
     is_plain_literal,
     redact_url,
 )
@@ -30,6 +30,7 @@ from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEO
 from airflow_provider_novita.results import finish_batch, map_index, reused_record
 from airflow_provider_novita.retries import may_have_billed
 from airflow_provider_novita.retry_memory import RetryMemory
+from airflow_provider_novita.sources import DEFAULT_SOURCE_URL_EXPIRY, SourceSigner, as_sources
 from airflow_provider_novita.storage import Destination, existing_result, output_root, url_answers
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class UpscaleOperator(BaseOperator):
     slot is freed) or in the worker otherwise, with the same polling policy and outcomes either way,
     and returns one record per image, in input order::
 
-        {"task_id": ..., "image": <source URL>, "image_url": <result URL>, "image_type": "jpeg",
+        {"task_id": ..., "image": <source>, "image_url": <result URL>, "image_type": "jpeg",
          "image_url_ttl": 3600, "completed_at": "2026-11-24T07:00:00+00:00" or None}
 
     ``image_url`` is temporary (``image_url_ttl`` seconds): persist it promptly if you need it later.
@@ -76,8 +77,13 @@ class UpscaleOperator(BaseOperator):
     resolves later (templates, XComArgs, mapped arguments) when the task starts. Either way, a bad
     value fails before anything is submitted.
 
-    :param image: URL of the source image, or a list of URLs (templated). Surrounding whitespace is
-        stripped.
+    :param image: the source image, or a list of them (templated): an http(s) URL, or an object
+        storage URI (``s3://[conn_id@]bucket/key``, ``gs://...``, ``abfs://...``) or ``ObjectStoragePath``,
+        which the worker signs with the storage connection's credentials right before submitting it
+        (see :mod:`airflow_provider_novita.sources`). Records, logs, lineage and file names name the
+        source as given, never a signed URL. Surrounding whitespace is stripped.
+    :param source_url_expiry: seconds (or timedelta) for which a signed source URL is valid; 3600.
+        Novita fetches the source soon after the submission, so an hour leaves room for its queue.
     :param resolution: ``2k``, ``4k`` or ``8k`` (templated).
     :param output_format: ``jpeg``, ``png`` or ``webp`` (templated).
     :param novita_conn_id: the Airflow connection to Novita (templated).
@@ -122,6 +128,7 @@ class UpscaleOperator(BaseOperator):
         output_path: str | ObjectStoragePath | None = None,
         submit_concurrency: int = DEFAULT_SUBMIT_CONCURRENCY,
         reuse_existing: bool = True,
+        source_url_expiry: float | timedelta = DEFAULT_SOURCE_URL_EXPIRY,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -144,9 +151,10 @@ class UpscaleOperator(BaseOperator):
         self.deferrable = deferrable
         self.policy = PollingPolicy.from_arguments(poll_interval, max_poll_interval)
         self.timeout = to_seconds("timeout", timeout)
+        self.source_url_expiry = to_seconds("source_url_expiry", source_url_expiry)
         # Fail at parse time for what the DAG file spells out; the rest is checked when the task starts.
-        if is_plain_literal(image):
-            check_image_urls(image)
+        if is_plain_literal(as_sources(image)):
+            check_images(as_sources(image))
         if is_plain_literal(resolution):
             check_choice("resolution", resolution, RESOLUTIONS)
         if is_plain_literal(output_format):
@@ -160,7 +168,8 @@ class UpscaleOperator(BaseOperator):
 
     def _requests(self) -> list[UpscaleRequest]:
         return [
-            UpscaleRequest(url, self.resolution, self.output_format) for url in check_image_urls(self.image)
+            UpscaleRequest(source, self.resolution, self.output_format)
+            for source in check_images(as_sources(self.image))
         ]
 
     def execute(self, context: Context) -> Any:
@@ -220,6 +229,7 @@ class UpscaleOperator(BaseOperator):
             timeout_description=f"Timed out after {self.timeout:g}s waiting for Novita",
             output_path=self.output_path,
             outlets=self.outlets,
+            proxy=self.hook.settings.proxy if self.output_path else None,
             reused={
                 position: reused_record(sources[position], path, self.output_format)
                 for position, path in reused.items()
@@ -246,7 +256,7 @@ class UpscaleOperator(BaseOperator):
         is in the records (``"reused": True``).
         """
         try:
-            sources = check_image_urls(self.image)
+            sources = check_images(as_sources(self.image))
         except ValueError:
             sources = []
         return operator_lineage(sources, self._persisted_paths)
@@ -278,14 +288,19 @@ class UpscaleOperator(BaseOperator):
         memory = RetryMemory(context, STATE_STORE_KEY)
         names = [request.identity(position) for position, request in requests]
         earlier = [memory.get(name) for name in names]
-        # The connection and its pool are made here, once: threads must not race to make them, and
-        # must not talk to the supervisor.
-        self.hook.transport  # noqa: B018
+        # Everything that talks to the supervisor happens here, once, before the threads start: the
+        # storage connections and filesystems of the sources, and the Novita connection and its pool.
+        signer = SourceSigner(self.source_url_expiry)
+        signer.prepare(
+            (request.image, "task_id" not in before)
+            for (_, request), before in zip(requests, earlier, strict=True)
+        )
+        self.hook.client  # noqa: B018
         task_ids: list[str | None] = [None] * len(requests)
         failure: Exception | None = None
         with ThreadPoolExecutor(self.submit_concurrency, thread_name_prefix="novita-submit") as pool:
             pending = {
-                pool.submit(self._submit_one, request, before): index
+                pool.submit(self._submit_one, request, before, signer): index
                 for index, ((_, request), before) in enumerate(zip(requests, earlier, strict=True))
             }
             for future in as_completed(pending):
@@ -307,12 +322,14 @@ class UpscaleOperator(BaseOperator):
             raise failure
         return [task_id for task_id in task_ids if task_id is not None]
 
-    def _submit_one(self, request: UpscaleRequest, earlier: dict[str, Any]) -> tuple[str, bool]:
+    def _submit_one(
+        self, request: UpscaleRequest, earlier: dict[str, Any], signer: SourceSigner
+    ) -> tuple[str, bool]:
         """The task for ``request``, and whether it was submitted now (False: an earlier try's)."""
         task_id = self._reattach(request, earlier)
         if task_id is not None:
             return task_id, False
-        task_id = self.hook.submit_upscale(request)
+        task_id = self.hook.submit_upscale(request.with_image(signer.url(request.image)))
         self.log.info("Submitted %s to Novita as task %s", redact_url(request.image), task_id)
         return task_id, True
 
@@ -362,7 +379,7 @@ class UpscaleOperator(BaseOperator):
                 else "its result URL has expired or soon will"
             )
         # Novita's documented answers often give no completion time or no lifetime: ask the URL itself.
-        if url_answers(result.images[0].image_url):
+        if url_answers(result.images[0].image_url, proxy=self.hook.settings.proxy):
             return ""
         return "its result URL no longer answers (Novita gave no expiry time)"
 

@@ -17,16 +17,20 @@ from airflow_provider_novita._compat import (
 from airflow_provider_novita.events import BatchOutcome
 from airflow_provider_novita.exceptions import NovitaError, NovitaTaskFailedError, NovitaTimeoutError
 from airflow_provider_novita.hooks.novita import NovitaHook
-from airflow_provider_novita.models import TaskResult, check_image_urls, is_plain_literal
+from airflow_provider_novita.lineage import operator_lineage
+from airflow_provider_novita.models import TaskResult, check_images, is_plain_literal
 from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, BatchPoller, PollingPolicy
 from airflow_provider_novita.results import finish_batch
 from airflow_provider_novita.retry_memory import RetryMemory
+from airflow_provider_novita.sources import as_sources
 from airflow_provider_novita.storage import output_root
 
 if TYPE_CHECKING:
     import datetime
     from collections.abc import Sequence
 
+    from airflow.providers.common.compat.openlineage.facet import Dataset, RunFacet
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context, ObjectStoragePath
 
 # Task state store namespace of what a rescheduled sensor knows between pokes.
@@ -48,11 +52,11 @@ def task_id_list(task_ids: object) -> list[str]:
 
 
 def source_list(images: object, count: int | None) -> list[str]:
-    """The source URLs of ``images``, one per task id when ``count`` is known, checked and stripped."""
-    urls = check_image_urls(images)
-    if count is not None and len(urls) != count:
-        raise ValueError(f"images must hold one source URL per task id ({count}); got {len(urls)}")
-    return urls
+    """The sources of ``images``, one per task id when ``count`` is known, checked and stripped."""
+    sources = check_images(as_sources(images))
+    if count is not None and len(sources) != count:
+        raise ValueError(f"images must hold one source per task id ({count}); got {len(sources)}")
+    return sources
 
 
 class TaskResultSensor(BaseSensorOperator):
@@ -75,8 +79,9 @@ class TaskResultSensor(BaseSensorOperator):
     ``soft_fail``, any of these failures, and any other provider error, skips the task instead.
 
     :param task_ids: one Novita task id or a list of them (templated).
-    :param images: the source image URL of each task, in the same order, to fill the records'
-        ``image`` field; None leaves it empty (templated).
+    :param images: the source image of each task, in the same order, to fill the records' ``image``
+        field: http(s) URLs, object storage URIs or ``ObjectStoragePath`` objects, as
+        :class:`UpscaleOperator` accepts them (nothing is signed here); None leaves it empty (templated).
     :param novita_conn_id: the Airflow connection to Novita (templated).
     :param deferrable: wait on the triggerer. Defaults to ``[operators] default_deferrable``.
     :param poke_interval: seconds before the first poll and the shortest wait between polls.
@@ -87,6 +92,8 @@ class TaskResultSensor(BaseSensorOperator):
     """
 
     template_fields: Sequence[str] = ("task_ids", "images", "novita_conn_id", "output_path")
+    # The files this try persisted, for lineage; replaced by _finish on the try's own copy of the sensor.
+    _persisted_paths: Sequence[str] = ()
 
     def __init__(
         self,
@@ -112,7 +119,7 @@ class TaskResultSensor(BaseSensorOperator):
         )
         if is_plain_literal(task_ids):
             task_id_list(task_ids)
-        if images is not None and is_plain_literal(images):
+        if images is not None and is_plain_literal(as_sources(images)):
             source_list(images, len(task_id_list(task_ids)) if is_plain_literal(task_ids) else None)
         if output_path is not None and is_plain_literal(output_path):
             output_root(output_path)
@@ -211,9 +218,21 @@ class TaskResultSensor(BaseSensorOperator):
         """Resume after the trigger fired: validate its event and return the records."""
         return self._finish(context, BatchOutcome.from_event(event))
 
+    def get_openlineage_facets_on_complete(self, task_instance: object) -> OperatorLineage[Dataset, RunFacet]:
+        """
+        What this try read and wrote, for the OpenLineage provider: the sources given in ``images``
+        (as given, never signed) and the files it persisted (never the temporary ``.partial`` files
+        that the object storage's own lineage would report).
+        """
+        try:
+            sources = source_list(self.images, None) if self.images is not None else []
+        except ValueError:
+            sources = []
+        return operator_lineage(sources, self._persisted_paths)
+
     def _finish(self, context: Context, outcome: BatchOutcome) -> list[dict[str, Any]]:
         try:
-            return finish_batch(
+            records = finish_batch(
                 context,
                 outcome,
                 sources=self._sources(),
@@ -221,6 +240,7 @@ class TaskResultSensor(BaseSensorOperator):
                 timeout_description=f"Sensor timed out after {self.timeout:g}s",
                 output_path=self.output_path,
                 outlets=self.outlets,
+                proxy=self.hook.settings.proxy if self.output_path else None,
             )
         except NovitaError as err:
             # One outcome in every mode. BaseSensorOperator applies soft_fail only to some exception
@@ -232,3 +252,5 @@ class TaskResultSensor(BaseSensorOperator):
             if isinstance(err, NovitaTaskFailedError):
                 raise AirflowFailException(str(err)) from err
             raise
+        self._persisted_paths = [record["path"] for record in records if "path" in record]
+        return records

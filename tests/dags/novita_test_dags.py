@@ -101,3 +101,21 @@ with DAG(
     TaskResultSensor(
         task_id="wait_rescheduled", task_ids=submitted.output, mode="reschedule", poke_interval=0.5
     )
+
+with DAG(
+    dag_id="novita_test_submit_then_sense",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    render_template_as_native_obj=True,
+    params={"images": [], "output_path": None},
+):
+    submitted = UpscaleOperator(
+        task_id="submit", image="{{ params.images }}", resolution="2k", wait_for_completion=False
+    )
+    TaskResultSensor(
+        task_id="wait",
+        task_ids=submitted.output,
+        images="{{ params.images }}",
+        output_path="{{ params.output_path }}",
+        poke_interval=0.5,
+    )

@@ -95,6 +95,8 @@ def test_the_extra_fields_carry_titles_and_descriptions(api: httpx.Client) -> No
     assert extra["timeout"]["schema"]["title"] == "Request timeout (seconds)"
     assert extra["max_retries"]["schema"]["title"] == "Max retries"
     assert "Default 60" in extra["timeout"]["description"]
+    assert extra["proxy"]["schema"]["title"] == "Proxy URL"
+    assert "NO_PROXY" in extra["proxy"]["description"]
 
 
 def _test_connection(api: httpx.Client, host: str, password: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from airflow_provider_novita.hooks.clients import (
     MAX_IN_FLIGHT,
     SETTINGS_TTL,
     connection_settings,
-    shared_async_transports,
+    shared_async_clients,
 )
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.models import TaskStatus, UpscaleRequest
@@ -277,29 +277,30 @@ class TestAsync:
         async def use() -> None:
             hook = NovitaHook(novita_conn, transport=transport, retry_policy=FAST)
             async with hook.session() as session:
-                seen.append(session._shared.transport)
+                seen.append(session._shared.client)
                 await asyncio.sleep(0.01)
 
         await asyncio.gather(*(use() for _ in range(20)))
         assert len({id(shared) for shared in seen}) == 1
-        assert len(shared_async_transports) == 0
+        assert len(shared_async_clients) == 0
 
-    async def test_the_shared_network_transport_is_closed_with_its_last_user(
+    async def test_the_shared_client_is_closed_with_its_last_user(
         self, novita_conn: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        closed: list[httpx.AsyncHTTPTransport] = []
+        closed: list[httpx.AsyncClient] = []
 
-        class Recording(httpx.AsyncHTTPTransport):
+        class Recording(httpx.AsyncClient):
             async def aclose(self) -> None:
                 closed.append(self)
                 await super().aclose()
 
-        monkeypatch.setattr(clients.httpx, "AsyncHTTPTransport", Recording)
+        monkeypatch.setattr(clients.httpx, "AsyncClient", Recording)
         async with contextlib.AsyncExitStack() as stack:
             sessions = [await stack.enter_async_context(NovitaHook(novita_conn).session()) for _ in range(3)]
-            assert len({id(session._shared.transport) for session in sessions}) == 1
+            shared = {session._shared.client for session in sessions if session._shared}
+            assert len(shared) == 1
             assert closed == []
-        assert len(closed) == 1
+        assert closed == list(shared), "closed once, when the last session ended"
 
     async def test_sessions_opened_at_once_look_the_connection_up_once(
         self, novita_conn: str, monkeypatch: pytest.MonkeyPatch
@@ -363,7 +364,7 @@ class TestAsync:
             await session.submit_upscale(REQUEST)
         with pytest.raises(RuntimeError, match="entered once"):
             await session.__aenter__()
-        assert len(shared_async_transports) == 0
+        assert len(shared_async_clients) == 0
 
     async def test_retries_async_too(self, hook: NovitaHook, fake: FakeNovita) -> None:
         fake.script = (SUCCEED,)
@@ -418,22 +419,22 @@ async def test_concurrent_waits_on_one_hook_each_keep_their_own_session(novita_c
         hook.await_tasks(long, PollingPolicy(0.01, 0.01), time.time() + 30),
     )
     assert [outcome.status.value for outcome in outcomes] == ["success", "success"]
-    assert len(shared_async_transports) == 0
+    assert len(shared_async_clients) == 0
 
 
-def test_close_closes_the_sync_transport_the_hook_made(
+def test_close_closes_the_sync_client_the_hook_made(
     novita_conn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    closed: list[httpx.HTTPTransport] = []
+    closed: list[httpx.Client] = []
 
-    class Recording(httpx.HTTPTransport):
+    class Recording(httpx.Client):
         def close(self) -> None:
             closed.append(self)
             super().close()
 
-    monkeypatch.setattr("airflow_provider_novita.hooks.novita.httpx.HTTPTransport", Recording)
+    monkeypatch.setattr("airflow_provider_novita.hooks.novita.httpx.Client", Recording)
     hook = NovitaHook(novita_conn)
-    made = hook.transport
+    made = hook.client
     hook.close()
     assert closed == [made]
-    assert hook.transport is not made, "a closed hook makes a new transport if used again"
+    assert hook.client is not made, "a closed hook makes a new client if used again"

@@ -17,7 +17,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from tests.integration.conftest import xcom
+from tests.s3 import S3Bucket
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,10 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = "X-Amz-Signature=SECRET0123456789"
 
 
-def run_with_openlineage(tmp_path: Path, dag_id: str, *confs: dict[str, Any]) -> list[dict[str, Any]]:
+def run_with_openlineage(
+    tmp_path: Path, dag_id: str, *confs: dict[str, Any], task_id: str = "upscale"
+) -> list[dict[str, Any]]:
     """
-    Run ``dag_id`` once per conf, in order; return, per run, its upscale task's COMPLETE event and the
-    run's records.
+    Run ``dag_id`` once per conf, in order; return, per run, the COMPLETE event of its task ``task_id``
+    and the records that task returned.
     """
     events = tmp_path / "openlineage.jsonl"
     env = os.environ | {
@@ -57,11 +62,11 @@ def run_with_openlineage(tmp_path: Path, dag_id: str, *confs: dict[str, Any]) ->
     completions = [
         event
         for event in map(json.loads, events.read_text().splitlines())
-        if event["eventType"] == "COMPLETE" and event["job"]["name"] == f"{dag_id}.upscale"
+        if event["eventType"] == "COMPLETE" and event["job"]["name"] == f"{dag_id}.{task_id}"
     ]
     assert len(completions) == len(runs)
     return [
-        {"event": event, "records": xcom(SimpleNamespace(dag_id=dag_id, **run), "upscale")}
+        {"event": event, "records": xcom(SimpleNamespace(dag_id=dag_id, **run), task_id)}
         for event, run in zip(completions, runs, strict=True)
     ]
 
@@ -121,3 +126,25 @@ def test_a_deferred_batch_reports_its_files_and_one_without_output_path_only_its
     assert datasets(persisted["event"], "outputs") == [("file", str(path)) for path in out.iterdir()]
     assert datasets(unsaved["event"], "inputs") == expected_inputs
     assert datasets(unsaved["event"], "outputs") == []
+
+
+def test_the_sensor_reports_the_sources_it_was_given_and_the_objects_it_saved(
+    emulator: Callable[..., EmulatorServer], airflow_db: None, tmp_path: Path, s3: S3Bucket
+) -> None:
+    emu = emulator()
+    sources = [s3.put("in/a.png", httpx.get(f"{emu.base_url}/samples/landscape.png").content, "image/png")]
+
+    (sensed,) = run_with_openlineage(
+        tmp_path,
+        "novita_test_submit_then_sense",
+        {"images": sources, "output_path": s3.uri("out/")},
+        task_id="wait",
+    )
+
+    # The connection id names no data: it is not part of a dataset's name.
+    assert datasets(sensed["event"], "inputs") == [(f"s3://{s3.name}", "in/a.png")]
+    (record,) = sensed["records"]
+    assert record["image"] == sources[0]
+    # Everything in the bucket's output prefix: a .partial object left there would show up here too.
+    assert datasets(sensed["event"], "outputs") == [(f"s3://{s3.name}", key) for key in s3.keys("out/")]
+    assert s3.uri(s3.keys("out/")[0]) == record["path"]

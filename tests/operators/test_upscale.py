@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pendulum
 import pytest
-from airflow.sdk import DAG, task, task_group
+from airflow.sdk import DAG, ObjectStoragePath, task, task_group
 
 from airflow_provider_novita.exceptions import (
     NovitaAuthError,
@@ -26,6 +26,8 @@ from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 from tests.compat import TaskDeferred
 from tests.conftest import API_KEY
 from tests.fakes import FAILED, PROCESSING, SUCCEED, FakeNovita, FakeStateStore, context, error
+from tests.s3 import S3Bucket
+from tests.test_sources import signed_for
 
 IMAGES = ["https://img.test/a.png", "https://img.test/b.png"]
 
@@ -49,7 +51,7 @@ class TestValidation:
             ({"resolution": "16k"}, "resolution must be one of 2k, 4k, 8k"),
             ({"output_format": "gif"}, "output_format must be one of jpeg, png, webp"),
             ({"image": []}, "non-empty list"),
-            ({"image": "ftp://x/a.png"}, "image must be an http\\(s\\) URL"),
+            ({"image": "s3://bucket/"}, "image must be an http\\(s\\) URL, .* it names no object"),
             ({"image": ["https://ok.test/a.png", "a.png"]}, "image must be an http\\(s\\) URL"),
             ({"poll_interval": 0}, "poll_interval must be a positive number"),
             ({"timeout": -5}, "timeout must be a positive number"),
@@ -429,7 +431,7 @@ class TestReattachWhenExpiryIsUnknown:
         self, no_expiry: FakeNovita, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         asked: list[str] = []
-        monkeypatch.setattr(upscale, "url_answers", lambda url: asked.append(url) or True)
+        monkeypatch.setattr(upscale, "url_answers", lambda url, proxy: asked.append(url) or True)
         store = FakeStateStore()
         operator(wait_for_completion=False).execute(context(store))
         no_expiry.scripts = {task_id: (SUCCEED,) for task_id in no_expiry.scripts}
@@ -439,7 +441,7 @@ class TestReattachWhenExpiryIsUnknown:
     def test_a_url_that_no_longer_answers_is_submitted_again_saying_why(
         self, no_expiry: FakeNovita, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        monkeypatch.setattr(upscale, "url_answers", lambda url: False)
+        monkeypatch.setattr(upscale, "url_answers", lambda url, proxy: False)
         store = FakeStateStore()
         operator(wait_for_completion=False).execute(context(store))
         no_expiry.scripts = {task_id: (SUCCEED,) for task_id in no_expiry.scripts}
@@ -463,10 +465,10 @@ class TestOutputPath:
         assert fake.requests == []
 
 
-def test_the_sync_transport_is_released_when_the_task_ends(fake: FakeNovita) -> None:
+def test_the_sync_client_is_released_when_the_task_ends(fake: FakeNovita) -> None:
     op = operator(deferrable=False)
     op.execute(context())
-    assert "transport" not in op.hook.__dict__
+    assert "client" not in op.hook.__dict__
 
 
 class TestConcurrentSubmissions:
@@ -529,3 +531,56 @@ class TestConcurrentSubmissions:
     def test_submit_concurrency_must_be_a_positive_whole_number(self, value: object) -> None:
         with pytest.raises(ValueError, match="submit_concurrency must be a whole number of at least 1"):
             UpscaleOperator(task_id="t", image=IMAGES[0], submit_concurrency=value)
+
+
+class TestSourcesInObjectStorage:
+    """Storage URIs are signed right before submission; everything else names them as given."""
+
+    @pytest.fixture
+    def sources(self, s3: S3Bucket) -> list[str]:
+        return [s3.put(f"in/{name}.png", b"\x89PNG" + name.encode()) for name in "ab"]
+
+    def test_novita_gets_a_signed_url_and_the_records_name_the_uri(
+        self, fake: FakeNovita, sources: list[str], s3: S3Bucket
+    ) -> None:
+        records = operator(image=sources, deferrable=False, source_url_expiry=timedelta(minutes=7)).execute(
+            context()
+        )
+        assert [record["image"] for record in records] == sources
+        urls = sorted(submitted["image"] for submitted in fake.submissions)
+        for url, key in zip(urls, ("in/a.png", "in/b.png"), strict=True):
+            assert url.startswith(f"{s3.endpoint}/{s3.name}/{key}?")
+            assert signed_for(url) == pytest.approx(420, abs=5)
+            assert httpx.get(url).status_code == 200, "the signed URL fetches the object"
+
+    def test_object_storage_paths_mixed_with_urls_are_accepted(
+        self, fake: FakeNovita, sources: list[str]
+    ) -> None:
+        image = [ObjectStoragePath(sources[0]), IMAGES[0]]
+        records = operator(image=image, wait_for_completion=True, deferrable=False).execute(context())
+        assert [record["image"] for record in records] == [sources[0], IMAGES[0]]
+        # Submitted concurrently, so in any order: the URL as it is, the path signed.
+        assert IMAGES[0] in [submitted["image"] for submitted in fake.submissions]
+
+    def test_a_retry_signs_again_but_reattaches_by_uri(self, fake: FakeNovita, sources: list[str]) -> None:
+        store = FakeStateStore()
+        operator(image=sources, wait_for_completion=False).execute(context(store))
+        fake.scripts = {task_id: (SUCCEED,) for task_id in fake.scripts}
+        records = operator(image=sources, deferrable=False).execute(context(store))
+        assert len(fake.submissions) == 2, "a new signature is not a new image"
+        assert [record["task_id"] for record in records] == ["task-0", "task-1"]
+        dumped = json.dumps(store.values)
+        assert "Signature" not in dumped
+        assert "in/a.png" not in dumped
+
+    def test_a_missing_object_fails_before_anything_is_submitted(
+        self, fake: FakeNovita, sources: list[str], s3: S3Bucket
+    ) -> None:
+        with pytest.raises(ValueError, match=f"image 's3://{s3.name}/in/c.png' cannot be submitted"):
+            operator(image=[*sources, s3.uri("in/c.png")], deferrable=False).execute(context())
+        assert fake.requests == []
+
+    @pytest.mark.parametrize("expiry", [0, -5, timedelta(0), "3600"])
+    def test_an_expiry_that_is_not_a_positive_duration_is_refused(self, expiry: object) -> None:
+        with pytest.raises(ValueError, match="source_url_expiry must be a positive number of seconds"):
+            operator(source_url_expiry=expiry)

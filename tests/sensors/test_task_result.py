@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from airflow.sdk import BaseSensorOperator
+from airflow.sdk import BaseSensorOperator, ObjectStoragePath
 
 from airflow_provider_novita.exceptions import NovitaError, NovitaTimeoutError
 from airflow_provider_novita.sensors import task_result
@@ -95,6 +95,11 @@ class TestPokeMode:
             ("t0", SOURCES[0], "https://cdn.test/t0.jpeg"),
             ("t1", SOURCES[1], "https://cdn.test/t1.jpeg"),
         ]
+
+    def test_storage_uris_and_paths_name_the_records_images_unsigned(self, fake: FakeNovita) -> None:
+        images = ["s3://aws_default@bucket/in/a.png", ObjectStoragePath("gs://bucket/b.png")]
+        records = sensor(images=images).execute(context())
+        assert [r["image"] for r in records] == ["s3://aws_default@bucket/in/a.png", "gs://bucket/b.png"]
 
     def test_the_pace_between_pokes_follows_the_shared_policy(self, fake: FakeNovita) -> None:
         fake.eta = 7
@@ -232,7 +237,7 @@ class TestArguments:
         ("kwargs", "message"),
         [
             ({"task_ids": []}, "task_ids must be a Novita task id or a non-empty list"),
-            ({"task_ids": ["t0"], "images": SOURCES}, "images must hold one source URL per task id \\(1\\)"),
+            ({"task_ids": ["t0"], "images": SOURCES}, "images must hold one source per task id \\(1\\)"),
             ({"images": ["https://img.test/a.png", "not a url"]}, "image must be an http\\(s\\) URL"),
         ],
     )
@@ -248,7 +253,7 @@ class TestArguments:
         assert not fake.polls
 
 
-def test_the_sync_transport_is_released_when_the_task_ends(fake: FakeNovita) -> None:
+def test_the_sync_client_is_released_when_the_task_ends(fake: FakeNovita) -> None:
     waiting = sensor()
     waiting.execute(context())
-    assert "transport" not in waiting.hook.__dict__
+    assert "client" not in waiting.hook.__dict__

@@ -143,11 +143,11 @@ async def test_the_client_is_released_when_the_trigger_is_cancelled(fake: FakeNo
         if fake.polls:
             break
         await asyncio.sleep(0.01)
-    assert len(clients.shared_async_transports) == 1
+    assert len(clients.shared_async_clients) == 1
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
-    assert len(clients.shared_async_transports) == 0
+    assert len(clients.shared_async_clients) == 0
 
 
 async def test_many_triggers_never_block_the_event_loop(
@@ -158,15 +158,15 @@ async def test_many_triggers_never_block_the_event_loop(
     come later than the triggerer's own warning threshold (0.2 s). The tight figures belong to
     benchmarks/, not here.
     """
-    created: list[clients.SharedTransport] = []
-    real_shared = clients.SharedTransport
+    created: list[clients.SharedClient] = []
+    real_shared = clients.SharedClient
 
-    def counting(*args: Any, **kwargs: Any) -> clients.SharedTransport:
+    def counting(*args: Any, **kwargs: Any) -> clients.SharedClient:
         shared = real_shared(*args, **kwargs)
         created.append(shared)
         return shared
 
-    monkeypatch.setattr(clients, "SharedTransport", counting)
+    monkeypatch.setattr(clients, "SharedClient", counting)
     looked_up: list[str] = []
     real_lookup = NovitaHook.aget_connection
 
@@ -246,7 +246,7 @@ async def test_a_waiting_trigger_keeps_few_objects_for_the_garbage_collector(fak
 
     per_trigger = (await tracked_while_waiting(trigger) - await tracked_while_waiting(bare_sleep)) / n
     assert fake.polls == {}, "no trigger was due yet"
-    assert len(clients.shared_async_transports) == 0, "cancelled triggers returned their lease"
+    assert len(clients.shared_async_clients) == 0, "cancelled triggers returned their lease"
     assert per_trigger <= 12, f"a waiting trigger keeps {per_trigger:.1f} tracked objects more than a sleep"
 
 
