@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from airflow.sdk import conf
+    from airflow.sdk import ObjectStoragePath, conf
     from airflow.sdk.exceptions import (
         AirflowFailException,
         AirflowNotFoundException,
@@ -41,10 +41,21 @@ else:
         )
 
 
+
+
+def storage_conn_id(path: ObjectStoragePath) -> str | None:
+    """The Airflow connection id an ``ObjectStoragePath`` names (``s3://conn_id@bucket/key``), if any."""
+    conn_id = getattr(path, "conn_id", None)
+    if conn_id is None:  # Airflow 3.1 (universal_pathlib 0.2) keeps it in the storage options
+        conn_id = path.storage_options.get("conn_id")
+    return str(conn_id) if conn_id else None
+
+
 __all__ = [
     "AirflowFailException",
     "AirflowNotFoundException",
     "AirflowSensorTimeout",
     "AirflowSkipException",
     "conf",
+    "storage_conn_id",
 ]

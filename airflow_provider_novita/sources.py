@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook, ObjectStoragePath
 from fsspec import AbstractFileSystem
 
-from airflow_provider_novita._compat import AirflowNotFoundException
+from airflow_provider_novita._compat import AirflowNotFoundException, storage_conn_id
 from airflow_provider_novita.models import IMAGE_FORMS, is_storage_uri, redact_url
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class SourceSigner:
     def _path(self, source: str) -> ObjectStoragePath:
         try:
             path = ObjectStoragePath(source)
-            conn_id = path.conn_id
+            conn_id = storage_conn_id(path)
         except Exception as err:
             raise _unhandled(source, err) from None
         if conn_id and conn_id not in self._connections:
