@@ -41,8 +41,6 @@ else:
         )
 
 
-
-
 def storage_conn_id(path: ObjectStoragePath) -> str | None:
     """The Airflow connection id an ``ObjectStoragePath`` names (``s3://conn_id@bucket/key``), if any."""
     conn_id = getattr(path, "conn_id", None)
