@@ -32,6 +32,12 @@ CONNECTION_FIELDS: dict[str, Any] = {
         "description": "Retries of a request that failed with 429, 5xx or a network error. Default 5.",
         "schema": {"type": ["integer", "null"], "minimum": 0},
     },
+    "max_images_per_task": {
+        "label": "Max images per task",
+        "description": "The most images one task may submit with this connection (spend guard). "
+        "Empty: no cap.",
+        "schema": {"type": ["integer", "null"], "minimum": 1},
+    },
     "proxy": {
         "label": "Proxy URL",
         "description": "http(s)://[user:password@]host:port for every call of this connection, "

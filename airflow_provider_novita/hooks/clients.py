@@ -32,6 +32,7 @@ from airflow_provider_novita import __version__
 from airflow_provider_novita.models import redact_url
 from airflow_provider_novita.polling import DEFAULT_MAX_POLL_INTERVAL
 from airflow_provider_novita.retries import RetryPolicy
+from airflow_provider_novita.spend import image_cap
 
 if TYPE_CHECKING:
     import ssl
@@ -63,8 +64,8 @@ SETTINGS_TTL = 10.0
 @dataclass(frozen=True)
 class ConnectionSettings:
     """
-    What a Novita connection says: where the API is, the key, the proxy, and request tuning from
-    ``extra``.
+    What a Novita connection says: where the API is, the key, the proxy, request tuning and the
+    spend guard's cap from ``extra``.
 
     The key and the proxy URL (which may hold credentials) are excluded from ``repr`` so that no log
     line or traceback of this object shows them.
@@ -75,6 +76,7 @@ class ConnectionSettings:
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     proxy: str | None = field(default=None, repr=False)
+    max_images_per_task: int | None = None
 
     @classmethod
     def from_connection(cls, conn: Connection) -> ConnectionSettings:
@@ -87,6 +89,9 @@ class ConnectionSettings:
             timeout=_number(extra, "timeout", DEFAULT_TIMEOUT, conn.conn_id),
             max_retries=int(_number(extra, "max_retries", DEFAULT_MAX_RETRIES, conn.conn_id)),
             proxy=proxy_url(extra.get("proxy"), conn.conn_id),
+            max_images_per_task=image_cap(
+                extra.get("max_images_per_task"), f"Connection {conn.conn_id!r}: extra 'max_images_per_task'"
+            ),
         )
 
     @property

@@ -31,6 +31,7 @@ from airflow_provider_novita.results import finish_batch, map_index, reused_reco
 from airflow_provider_novita.retries import may_have_billed
 from airflow_provider_novita.retry_memory import RetryMemory
 from airflow_provider_novita.sources import DEFAULT_SOURCE_URL_EXPIRY, SourceSigner, as_sources
+from airflow_provider_novita.spend import ImageCap, image_cap
 from airflow_provider_novita.storage import Destination, existing_result, output_root, url_answers
 
 if TYPE_CHECKING:
@@ -84,6 +85,11 @@ class UpscaleOperator(BaseOperator):
         source as given, never a signed URL. Surrounding whitespace is stripped.
     :param source_url_expiry: seconds (or timedelta) for which a signed source URL is valid; 3600.
         Novita fetches the source soon after the submission, so an hour leaves room for its queue.
+    :param max_images: the most images this task may submit (templated; a whole number of at least
+        1). The connection's extra ``max_images_per_task`` sets another cap; the smaller is in force.
+        Images reused from ``output_path`` and tasks a retry reattaches to do not count. A task over
+        its cap fails before anything is submitted, without retries (see
+        :mod:`airflow_provider_novita.spend`).
     :param resolution: ``2k``, ``4k`` or ``8k`` (templated).
     :param output_format: ``jpeg``, ``png`` or ``webp`` (templated).
     :param novita_conn_id: the Airflow connection to Novita (templated).
@@ -106,7 +112,14 @@ class UpscaleOperator(BaseOperator):
         same URL is not noticed; set False to upscale every image anew.
     """
 
-    template_fields: Sequence[str] = ("image", "resolution", "output_format", "novita_conn_id", "output_path")
+    template_fields: Sequence[str] = (
+        "image",
+        "resolution",
+        "output_format",
+        "novita_conn_id",
+        "output_path",
+        "max_images",
+    )
     ui_color = "#7c5cff"
     # The files the finished batch's records name, for lineage. A class default that _finish replaces:
     # every try runs on its own copy of the operator (BaseOperator.prepare_for_execution), so a value
@@ -129,6 +142,7 @@ class UpscaleOperator(BaseOperator):
         submit_concurrency: int = DEFAULT_SUBMIT_CONCURRENCY,
         reuse_existing: bool = True,
         source_url_expiry: float | timedelta = DEFAULT_SOURCE_URL_EXPIRY,
+        max_images: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -152,9 +166,12 @@ class UpscaleOperator(BaseOperator):
         self.policy = PollingPolicy.from_arguments(poll_interval, max_poll_interval)
         self.timeout = to_seconds("timeout", timeout)
         self.source_url_expiry = to_seconds("source_url_expiry", source_url_expiry)
+        self.max_images = max_images
         # Fail at parse time for what the DAG file spells out; the rest is checked when the task starts.
-        if is_plain_literal(as_sources(image)):
-            check_images(as_sources(image))
+        count = len(check_images(as_sources(image))) if is_plain_literal(as_sources(image)) else None
+        cap = image_cap(max_images, "max_images") if is_plain_literal(max_images) else None
+        if cap is not None and count is not None and count > cap:
+            raise ValueError(ImageCap(cap, "max_images of this task").message(count))
         if is_plain_literal(resolution):
             check_choice("resolution", resolution, RESOLUTIONS)
         if is_plain_literal(output_format):
@@ -175,6 +192,11 @@ class UpscaleOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         try:
             requests = self._requests()
+            cap = ImageCap.in_force(
+                image_cap(self.max_images, "max_images"),
+                self.hook.settings.max_images_per_task,
+                self.novita_conn_id,
+            )
             if self.output_path:
                 output_root(self.output_path)
             reused = self._reusable(requests, context)
@@ -185,7 +207,7 @@ class UpscaleOperator(BaseOperator):
             to_submit = [
                 (position, request) for position, request in enumerate(requests) if position not in reused
             ]
-            task_ids = self._submit(to_submit, context)
+            task_ids = self._submit(to_submit, context, cap)
             context["ti"].xcom_push(key=XCOM_TASK_IDS, value=task_ids)
             if not self.wait_for_completion:
                 return task_ids
@@ -274,16 +296,20 @@ class UpscaleOperator(BaseOperator):
                 reused[position] = path
         return reused
 
-    def _submit(self, requests: list[tuple[int, UpscaleRequest]], context: Context) -> list[str]:
+    def _submit(
+        self, requests: list[tuple[int, UpscaleRequest]], context: Context, cap: ImageCap | None
+    ) -> list[str]:
         """
         Submit every request (given with its position in the batch, which identifies it for retries),
         reattaching a retry to the tasks an earlier try already created.
 
-        Up to ``submit_concurrency`` requests are in flight at once, in threads sharing the hook's
-        connection pool, so a batch holds the worker slot for the time of a few requests rather than
-        of all of them in a row. The state store is only written from this thread (its channel to
-        the supervisor is not made for threads), as each submission completes. After a failure no
-        new submission starts; those already sent are recorded, then the first error is raised.
+        Reattaching comes first: it bills nothing, so only the images left after it count against
+        ``cap``, and a batch over its cap submits nothing. Up to ``submit_concurrency`` requests are in
+        flight at once, in threads sharing the hook's connection pool, so a batch holds the worker
+        slot for the time of a few requests rather than of all of them in a row. The state store is
+        only written from this thread (its channel to the supervisor is not made for threads), as
+        each submission completes. After a failure no new submission starts; those already sent are
+        recorded, then the first error is raised.
         """
         memory = RetryMemory(context, STATE_STORE_KEY)
         names = [request.identity(position) for position, request in requests]
@@ -299,16 +325,23 @@ class UpscaleOperator(BaseOperator):
         task_ids: list[str | None] = [None] * len(requests)
         failure: Exception | None = None
         with ThreadPoolExecutor(self.submit_concurrency, thread_name_prefix="novita-submit") as pool:
-            pending = {
-                pool.submit(self._submit_one, request, before, signer): index
+            reattaching = {
+                index: pool.submit(self._reattach, request, before)
                 for index, ((_, request), before) in enumerate(zip(requests, earlier, strict=True))
+                if before
             }
-            for future in as_completed(pending):
-                if future.cancelled():
+            for index, future in reattaching.items():
+                task_ids[index] = future.result()
+            new = [index for index, task_id in enumerate(task_ids) if task_id is None]
+            if cap is not None:
+                cap.check(len(new))
+            pending = {pool.submit(self._submit_new, requests[index][1], signer): index for index in new}
+            for submission in as_completed(pending):
+                if submission.cancelled():
                     continue
-                index = pending[future]
+                index = pending[submission]
                 try:
-                    task_ids[index], submitted = future.result()
+                    task_ids[index] = submission.result()
                 except Exception as err:
                     if may_have_billed(err):
                         memory.set(names[index], {"uncertain": _failure_kind(err)})
@@ -316,22 +349,16 @@ class UpscaleOperator(BaseOperator):
                     for waiting in pending:
                         waiting.cancel()
                     continue
-                if submitted:
-                    memory.set(names[index], {"task_id": task_ids[index]})
+                memory.set(names[index], {"task_id": task_ids[index]})
         if failure is not None:
             raise failure
         return [task_id for task_id in task_ids if task_id is not None]
 
-    def _submit_one(
-        self, request: UpscaleRequest, earlier: dict[str, Any], signer: SourceSigner
-    ) -> tuple[str, bool]:
-        """The task for ``request``, and whether it was submitted now (False: an earlier try's)."""
-        task_id = self._reattach(request, earlier)
-        if task_id is not None:
-            return task_id, False
+    def _submit_new(self, request: UpscaleRequest, signer: SourceSigner) -> str:
+        """A new Novita task for ``request``: billed."""
         task_id = self.hook.submit_upscale(request.with_image(signer.url(request.image)))
         self.log.info("Submitted %s to Novita as task %s", redact_url(request.image), task_id)
-        return task_id, True
+        return task_id
 
     def _reattach(self, request: UpscaleRequest, earlier: dict[str, Any]) -> str | None:
         """The task an earlier try created for ``request``, if it is still worth waiting for."""

@@ -96,6 +96,7 @@ def test_the_extra_fields_carry_titles_and_descriptions(api: httpx.Client) -> No
     assert extra["max_retries"]["schema"]["title"] == "Max retries"
     assert "Default 60" in extra["timeout"]["description"]
     assert extra["proxy"]["schema"]["title"] == "Proxy URL"
+    assert extra["max_images_per_task"]["schema"]["title"] == "Max images per task"
     assert "NO_PROXY" in extra["proxy"]["description"]
 
 

@@ -22,8 +22,9 @@ from airflow_provider_novita.exceptions import (
 )
 from airflow_provider_novita.operators import upscale
 from airflow_provider_novita.operators.upscale import UpscaleOperator
+from airflow_provider_novita.storage import Destination, output_name
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
-from tests.compat import TaskDeferred
+from tests.compat import AirflowFailException, TaskDeferred
 from tests.conftest import API_KEY
 from tests.fakes import FAILED, PROCESSING, SUCCEED, FakeNovita, FakeStateStore, context, error
 from tests.s3 import S3Bucket
@@ -564,11 +565,11 @@ class TestSourcesInObjectStorage:
 
     def test_a_retry_signs_again_but_reattaches_by_uri(self, fake: FakeNovita, sources: list[str]) -> None:
         store = FakeStateStore()
-        operator(image=sources, wait_for_completion=False).execute(context(store))
+        first = operator(image=sources, wait_for_completion=False).execute(context(store))
         fake.scripts = {task_id: (SUCCEED,) for task_id in fake.scripts}
         records = operator(image=sources, deferrable=False).execute(context(store))
         assert len(fake.submissions) == 2, "a new signature is not a new image"
-        assert [record["task_id"] for record in records] == ["task-0", "task-1"]
+        assert [record["task_id"] for record in records] == first
         dumped = json.dumps(store.values)
         assert "Signature" not in dumped
         assert "in/a.png" not in dumped
@@ -584,3 +585,109 @@ class TestSourcesInObjectStorage:
     def test_an_expiry_that_is_not_a_positive_duration_is_refused(self, expiry: object) -> None:
         with pytest.raises(ValueError, match="source_url_expiry must be a positive number of seconds"):
             operator(source_url_expiry=expiry)
+
+
+class TestSpendGuard:
+    """A batch over its cap submits nothing; what bills nothing does not count."""
+
+    BATCH: tuple[str, ...] = tuple(f"https://img.test/{n}.png" for n in range(3))
+
+    @classmethod
+    def rendered(cls, **kwargs: Any) -> UpscaleOperator:
+        """The operator as the task starts with ``image`` templated: counted only then."""
+        op = operator(image="{{ params.images }}", **kwargs)
+        op.image = list(cls.BATCH)
+        return op
+
+    @staticmethod
+    def cap_connection(monkeypatch: pytest.MonkeyPatch, cap: object) -> None:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_NOVITA_DEFAULT",
+            json.dumps(
+                {
+                    "conn_type": "novita",
+                    "host": "https://novita.test",
+                    "password": API_KEY,
+                    "extra": {"max_images_per_task": cap},
+                }
+            ),
+        )
+
+    def test_a_literal_batch_over_a_literal_cap_fails_when_the_dag_is_parsed(self) -> None:
+        with pytest.raises(ValueError, match=r"^refusing to submit 3 images: max_images of this task is 2$"):
+            operator(image=list(self.BATCH), max_images=2)
+
+    @pytest.mark.parametrize("cap", [0, -1, True, 2.5, "two"])
+    def test_a_literal_cap_that_is_no_whole_number_of_at_least_1_fails_when_parsed(self, cap: object) -> None:
+        with pytest.raises(ValueError, match="max_images must be a whole number of at least 1"):
+            operator(max_images=cap)
+
+    def test_a_rendered_cap_is_checked_when_the_task_starts_and_submits_nothing(
+        self, fake: FakeNovita
+    ) -> None:
+        op = operator(image=list(self.BATCH), max_images="{{ params.cap }}")
+        op.max_images = "2"  # as Jinja renders it
+        with pytest.raises(
+            AirflowFailException, match="refusing to submit 3 images: max_images of this task"
+        ):
+            op.execute(context())
+        assert fake.requests == []
+
+    def test_the_connections_cap_applies_to_every_task_and_is_named(
+        self, fake: FakeNovita, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        self.cap_connection(monkeypatch, "2")
+        with pytest.raises(AirflowFailException) as info:
+            operator(image=list(self.BATCH)).execute(context())
+        assert str(info.value) == (
+            "refusing to submit 3 images: max_images_per_task of connection 'novita_default' is 2"
+        )
+        assert fake.requests == []
+
+    @pytest.mark.parametrize(("task_cap", "origin"), [(5, "of connection"), (1, "of this task")])
+    def test_with_both_set_the_smaller_is_in_force(
+        self, fake: FakeNovita, monkeypatch: pytest.MonkeyPatch, task_cap: int, origin: str
+    ) -> None:
+        self.cap_connection(monkeypatch, 2)
+        with pytest.raises(AirflowFailException, match=origin):
+            self.rendered(max_images=task_cap).execute(context())
+        assert fake.requests == []
+
+    def test_a_batch_at_its_cap_is_submitted(self, fake: FakeNovita, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.cap_connection(monkeypatch, 3)
+        assert len(operator(image=list(self.BATCH), wait_for_completion=False).execute(context())) == 3
+
+    @pytest.mark.parametrize("cap", ["0", "-3", "abc", 2.5, True])
+    def test_a_bad_cap_in_the_connection_is_refused_naming_the_extra(
+        self, fake: FakeNovita, monkeypatch: pytest.MonkeyPatch, cap: object
+    ) -> None:
+        self.cap_connection(monkeypatch, cap)
+        with pytest.raises(
+            ValueError,
+            match="Connection 'novita_default': extra 'max_images_per_task' must be a whole number",
+        ):
+            operator(image=list(self.BATCH)).execute(context())
+        assert fake.requests == []
+
+    def test_images_reused_from_output_path_do_not_count(self, fake: FakeNovita, tmp_path: Any) -> None:
+        png = b"\x89PNG\r\n\x1a\n" + b"\0" * 32 + b"IEND\xaeB`\x82"
+        for position, source in enumerate(self.BATCH[:2]):
+            name = output_name("", "png", Destination(source, "2k", position), -1)
+            (tmp_path / name).write_bytes(png)
+        op = self.rendered(
+            resolution="2k",
+            output_format="png",
+            output_path=str(tmp_path),
+            max_images=1,
+            wait_for_completion=False,
+        )
+        assert len(op.execute(context())) == 1
+        assert len(fake.submissions) == 1
+
+    def test_tasks_a_retry_reattaches_to_do_not_count(self, fake: FakeNovita) -> None:
+        store = FakeStateStore()
+        first = operator(image=list(self.BATCH), wait_for_completion=False).execute(context(store))
+        fake.scripts = {task_id: (SUCCEED,) for task_id in fake.scripts}
+        again = self.rendered(max_images=1, wait_for_completion=False).execute(context(store))
+        assert again == first
+        assert len(fake.submissions) == 3
