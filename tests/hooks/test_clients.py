@@ -172,7 +172,7 @@ async def test_only_the_first_ssl_context_is_built_in_a_thread(monkeypatch: pyte
     def no_thread(*args: object) -> None:
         raise AssertionError("a thread hop for an SSL context that already exists")
 
-    monkeypatch.setattr(clients.asyncio, "to_thread", no_thread)
+    monkeypatch.setattr(asyncio.get_running_loop(), "run_in_executor", no_thread)
     assert await clients.ashared_ssl_context() is clients.shared_ssl_context()
 
 
