@@ -29,7 +29,6 @@ from urllib.parse import unquote
 import httpx
 
 from airflow_provider_novita import __version__
-from airflow_provider_novita.models import redact_url
 from airflow_provider_novita.polling import DEFAULT_MAX_POLL_INTERVAL
 from airflow_provider_novita.retries import RetryPolicy
 from airflow_provider_novita.spend import image_cap
@@ -237,7 +236,8 @@ def proxy_url(value: object, conn_id: str) -> str | None:
         except httpx.InvalidURL:
             url = None
         if url is None or url.scheme not in ("http", "https") or not url.host:
-            problem = repr(redact_url(value))
+            # Whatever precedes an "@" may be credentials, even where it does not parse as a URL.
+            problem = repr(value.strip().rpartition("@")[2].partition("?")[0])
     if problem:
         raise ValueError(
             f"Connection {conn_id!r}: extra 'proxy' must be an http:// or https:// URL of a proxy, such "

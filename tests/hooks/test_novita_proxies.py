@@ -165,14 +165,26 @@ def test_the_proxy_credentials_are_masked_as_soon_as_the_connection_is_read(
 
 
 @pytest.mark.parametrize(
-    "value", ["proxy.corp:3128", "ftp://proxy.corp", "http://", 3128, ["http://proxy.corp"]]
+    "value",
+    [
+        "proxy.corp:3128",
+        "corp:s3cret@proxy.corp:3128",
+        "socks5://corp:s3cret@proxy.corp:1080",
+        "ftp://proxy.corp",
+        "http://",
+        3128,
+        ["http://proxy.corp"],
+    ],
 )
-def test_a_proxy_extra_that_is_not_an_http_url_is_refused_naming_it(
+def test_a_proxy_extra_that_is_not_an_http_url_is_refused_without_its_credentials(
     monkeypatch: pytest.MonkeyPatch, novita_emulator: EmulatorServer, value: object
 ) -> None:
     hook = connect(monkeypatch, novita_emulator, novita_emulator.base_url, proxy=value)
-    with pytest.raises(ValueError, match="extra 'proxy' must be an http:// or https:// URL of a proxy"):
+    with pytest.raises(
+        ValueError, match="extra 'proxy' must be an http:// or https:// URL of a proxy"
+    ) as info:
         hook.settings  # noqa: B018
+    assert "s3cret" not in str(info.value)
 
 
 def test_https_goes_through_the_proxy_with_connect_so_tls_stays_end_to_end(
