@@ -84,9 +84,10 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+def write_self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
     """
-    A certificate for ``127.0.0.1`` and its key, written to ``directory``; returns (cert, key) paths.
+    A certificate for ``127.0.0.1`` (and ``host``, a name) and its key, written to ``directory``;
+    returns (cert, key) paths. The provider's proxy tests use it too.
 
     Self-signed, so the cert is its own trust anchor: a client trusts it by taking the cert file as
     its CA bundle. ECDSA P-256, the common choice of public APIs today; valid for one day.
@@ -97,7 +98,7 @@ def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = datetime.datetime.now(datetime.timezone.utc)
     usage = x509.KeyUsage(
         digital_signature=True,
@@ -119,7 +120,11 @@ def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                + ([x509.DNSName(host)] if host != "127.0.0.1" else [])
+            ),
+            False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(usage, critical=True)

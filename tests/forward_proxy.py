@@ -77,7 +77,7 @@ class _Proxy:
                 return
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
-            await _pipe_both(reader, writer, *upstream)
+            await pipe_both(reader, writer, *upstream)
             return
         await self.forward(reader, writer, method, target, version, headers)
 
@@ -103,7 +103,7 @@ class _Proxy:
         kept = [f"{k}:{v}" for k, v in headers if k.strip().lower() not in _HOP_BY_HOP]
         head = "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""])
         upstream[1].write(head.encode("latin-1"))
-        await _pipe_both(reader, writer, *upstream)
+        await pipe_both(reader, writer, *upstream)
 
     async def open(
         self, host: str, port: int, writer: asyncio.StreamWriter
@@ -126,7 +126,7 @@ async def _answer(writer: asyncio.StreamWriter, status: bytes, extra: bytes = b"
     writer.close()
 
 
-async def _pipe_both(
+async def pipe_both(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     upstream_reader: asyncio.StreamReader,

@@ -8,8 +8,6 @@ the proxy fails to connect instead of passing unnoticed.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import ssl
 import threading
@@ -18,17 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from airflow_provider_novita.emulator import EmulatorServer
 from airflow_provider_novita.exceptions import NovitaAPIError, NovitaConnectionError
 from airflow_provider_novita.hooks import clients
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.models import UpscaleRequest
-from tests.forward_proxy import ForwardProxy, _pipe_both
+from benchmarks.job_status_server import write_self_signed_certificate
+from tests.forward_proxy import ForwardProxy, pipe_both
 
 HOST = "novita.proxied.test"
 PROXY_ENV = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -190,11 +185,11 @@ def test_a_proxy_extra_that_is_not_an_http_url_is_refused_without_its_credential
 def test_https_goes_through_the_proxy_with_connect_so_tls_stays_end_to_end(
     monkeypatch: pytest.MonkeyPatch, novita_emulator: EmulatorServer, proxy: ForwardProxy, tmp_path: Path
 ) -> None:
-    certificate = self_signed(tmp_path, HOST)
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificate.cert))
+    cert, key = write_self_signed_certificate(tmp_path, HOST)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     clients.shared_ssl_context.cache_clear()
     try:
-        with tls_front(certificate, novita_emulator.port) as port:
+        with tls_front(cert, key, novita_emulator.port) as port:
             monkeypatch.setenv("HTTPS_PROXY", proxy.url)
             round_trip(connect(monkeypatch, novita_emulator, f"https://{HOST}:{port}"), novita_emulator)
     finally:
@@ -204,57 +199,19 @@ def test_https_goes_through_the_proxy_with_connect_so_tls_stays_end_to_end(
     assert set(tunnels) == {("CONNECT", f"{HOST}:{port}")}, "the proxy saw only tunnels, never a request"
 
 
-class Certificate:
-    def __init__(self, cert: Path, key: Path) -> None:
-        self.cert = cert
-        self.key = key
-
-
-def self_signed(folder: Path, host: str) -> Certificate:
-    """A certificate for ``host`` that is its own authority, for the client to trust via SSL_CERT_FILE."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return Certificate(cert_path, key_path)
-
-
 class tls_front:
     """A TLS server on a free loopback port that passes the decrypted bytes on to ``backend_port``."""
 
-    def __init__(self, certificate: Certificate, backend_port: int) -> None:
+    def __init__(self, cert: Path, key: Path, backend_port: int) -> None:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(certificate.cert, certificate.key)
+        self.context.load_cert_chain(cert, key)
         self.backend_port = backend_port
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         backend = await asyncio.open_connection("127.0.0.1", self.backend_port)
-        await _pipe_both(reader, writer, *backend)
+        await pipe_both(reader, writer, *backend)
 
     def __enter__(self) -> int:
         self.thread.start()
