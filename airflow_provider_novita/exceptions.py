@@ -11,6 +11,7 @@ never the API key: the key only ever travels in a request header, which no messa
 from __future__ import annotations
 
 import math
+import re
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
@@ -205,4 +206,18 @@ _MAX_FIELD = 500
 
 def _field(value: object) -> str:
     """A text field of an error body: a proxy's answer may hold anything, and a lot of it."""
-    return value[:_MAX_FIELD] if isinstance(value, str) else ""
+    return without_url_queries(value[:_MAX_FIELD]) if isinstance(value, str) else ""
+
+
+# A URL and its query string, which a pre-signed URL's credential is.
+_URL_QUERY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s?#'\"<>]*)\?[^\s'\"<>]*")
+
+
+def without_url_queries(text: str) -> str:
+    """
+    ``text`` with the query string of every URL in it cut out.
+
+    Novita may quote the source URL it failed to fetch in a reason or a message, and a source signed
+    by the worker carries its credential in the query string.
+    """
+    return _URL_QUERY.sub("\\1?…", text)

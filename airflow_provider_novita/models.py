@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from airflow_provider_novita.exceptions import NovitaInvalidResponseError
+from airflow_provider_novita.exceptions import NovitaInvalidResponseError, without_url_queries
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -254,7 +254,7 @@ def _number(value: object, maximum: float, *, minimum: float = 0.0) -> float | N
 def _text(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return ""
-    return str(value)[:MAX_TEXT]
+    return without_url_queries(str(value)[:MAX_TEXT])
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

@@ -8,9 +8,9 @@ import logging
 import httpx
 import pytest
 
-from airflow_provider_novita.exceptions import NovitaError
+from airflow_provider_novita.exceptions import NovitaError, error_from_response
 from airflow_provider_novita.hooks.novita import NovitaHook
-from airflow_provider_novita.models import UpscaleRequest
+from airflow_provider_novita.models import TaskResult, UpscaleRequest
 from airflow_provider_novita.retries import RetryPolicy
 from tests.fakes import FakeNovita
 
@@ -87,3 +87,20 @@ def test_no_httpx_error_carries_the_key_into_a_message_or_a_log(
         for spelling in (ODD_KEY, repr(ODD_KEY)[1:-1], repr(ODD_KEY.encode())[2:-1]):
             assert spelling not in text
     assert error_type.__name__ in str(info.value)
+
+
+def test_a_signed_source_url_that_novita_quotes_loses_its_query_string() -> None:
+    """Novita may quote the source it failed to fetch; a signed source carries its credential there."""
+    signed = "https://bucket.test/in/a.png?X-Amz-Credential=AKIA&X-Amz-Signature=s3cr3t"
+    answer = httpx.Response(
+        400,
+        json={"code": 400, "reason": f"cannot fetch {signed}", "message": f"GET {signed} answered 403"},
+    )
+    error = error_from_response(answer, "task-1")
+    result = TaskResult.from_api(
+        {"task": {"status": "TASK_STATUS_FAILED", "reason": f"fetching '{signed}' failed"}}, "task-1"
+    )
+    for text in (str(error), error.reason, error.message, result.reason):
+        assert "s3cr3t" not in text
+        assert "AKIA" not in text
+        assert "https://bucket.test/in/a.png?…" in text
