@@ -16,7 +16,6 @@ fails to fetch it). Runs in the worker only: these are blocking calls to the sto
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -26,6 +25,7 @@ from fsspec import AbstractFileSystem
 
 from airflow_provider_novita._compat import AirflowNotFoundException, storage_conn_id
 from airflow_provider_novita.models import IMAGE_FORMS, is_storage_uri, redact_url
+from airflow_provider_novita.storage import without_queries
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 DEFAULT_SOURCE_URL_EXPIRY = 3600.0
 # Existence checks of one batch in flight at once: each is one small request to the storage.
 CHECK_CONCURRENCY = 8
-_QUERY = re.compile(r"\?[^\s'\"<>]*")
 
 
 def as_sources(image: object) -> object:
@@ -71,9 +70,11 @@ class SourceSigner:
         """
         to_check = []
         for source, must_exist in sources:
-            if is_storage_uri(source) and source not in self._paths:
+            if not is_storage_uri(source):
+                continue
+            if source not in self._paths:
                 self._paths[source] = self._path(source)
-            if must_exist and is_storage_uri(source):
+            if must_exist:
                 to_check.append(source)
         with ThreadPoolExecutor(CHECK_CONCURRENCY, thread_name_prefix="novita-check") as pool:
             for problem in pool.map(self._missing, dict.fromkeys(to_check)):
@@ -133,7 +134,7 @@ class SourceSigner:
 
 def _brief(err: Exception) -> str:
     """An error in a few words, with any query string (a signature) cut out."""
-    return _QUERY.sub("?…", f"{type(err).__name__}: {str(err)[:200]}")
+    return without_queries(f"{type(err).__name__}: {str(err)[:200]}")
 
 
 def _unhandled(source: str, err: Exception) -> ValueError:

@@ -236,7 +236,7 @@ def url_answers(
         ):
             status = response.status_code
     except (httpx.HTTPError, httpx.InvalidURL) as err:
-        log.info("Result URL %s did not answer: %s", where, _without_queries(f"{type(err).__name__}: {err}"))
+        log.info("Result URL %s did not answer: %s", where, without_queries(f"{type(err).__name__}: {err}"))
         return False
     log.info("Result URL %s answered HTTP %d", where, status)
     return status in (200, 206)
@@ -289,7 +289,7 @@ def _download(client: httpx.Client, result: TaskResult, target: ObjectStoragePat
         partial.rename(target)
         return written
     except (httpx.HTTPError, httpx.InvalidURL) as err:
-        raise _unavailable(result, _without_queries(f"{type(err).__name__}: {err}")) from err
+        raise _unavailable(result, without_queries(f"{type(err).__name__}: {err}")) from err
     finally:
         if partial.exists():
             partial.unlink()
@@ -335,11 +335,11 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s"
 
 
-def _without_queries(text: str) -> str:
+def without_queries(text: str) -> str:
     """
     ``text`` with every query string cut out.
 
-    An httpx error may quote a URL, its own or one it was redirected to, and the query string of a
-    presigned URL is a credential.
+    An httpx or object storage error may quote a URL, its own or one it was redirected to, and the
+    query string of a presigned URL is a credential.
     """
     return _QUERY.sub("?…", text)
