@@ -3,7 +3,8 @@ What one try of a task instance leaves for its retries, so that a retry neither 
 
 Airflow 3.3 added ``context["task_state_store"]``, which survives the retries of a task instance
 (XComs are cleared when a new try starts). Before 3.3 there is no such store: a :class:`RetryMemory`
-then remembers nothing, and every try starts afresh.
+then remembers nothing, and a try starts afresh unless the task keeps a
+:class:`~airflow_provider_novita.ledger.SubmissionLedger` in its ``output_path``.
 
 Entries are small and written one per item (an image, a file), so that a batch of n items costs n
 writes of constant size rather than n writes of a growing object (n squared bytes in all). Nothing

@@ -125,10 +125,13 @@ class FakeNovita:
 class FakeTaskInstance:
     """The parts of a running task instance that the operator and the sensor use."""
 
-    def __init__(self, try_number: int = 1, first_reschedule_date: datetime | None = None) -> None:
+    def __init__(
+        self, try_number: int = 1, first_reschedule_date: datetime | None = None, map_index: int = -1
+    ) -> None:
         self.xcom: dict[str, Any] = {}
+        self.dag_id, self.run_id, self.task_id = "dag", "manual__2026-12-02T00:00:00+00:00", "upscale"
         self.try_number = try_number
-        self.map_index = -1
+        self.map_index = map_index
         self.first_reschedule_date = first_reschedule_date
 
     def xcom_push(self, key: str, value: Any) -> None:

@@ -13,6 +13,7 @@ from airflow_provider_novita._compat import conf
 from airflow_provider_novita.events import BatchOutcome, OutcomeStatus
 from airflow_provider_novita.exceptions import NovitaAPIError, NovitaNotFoundError
 from airflow_provider_novita.hooks.novita import NovitaHook
+from airflow_provider_novita.ledger import SubmissionLedger
 from airflow_provider_novita.lineage import operator_lineage
 from airflow_provider_novita.models import (
     DEFAULT_OUTPUT_FORMAT,
@@ -68,11 +69,12 @@ class UpscaleOperator(BaseOperator):
 
     ``image_url`` is temporary (``image_url_ttl`` seconds): persist it promptly if you need it later.
 
-    Novita bills every task. Where Airflow has a task state store (3.3+), what each submission left
-    is saved there as soon as it is known, keyed by a digest of the request (never its URL): a retry
-    reattaches to tasks that are still queued, processing or succeeded with a live result URL instead
-    of submitting again, and warns about a submission whose outcome was uncertain (see the README,
-    "Retries never bill twice").
+    Novita bills every task. What each submission left is saved as soon as it is known, keyed by a
+    digest of the request (never its URL): in the task state store where Airflow has one (3.3+), and
+    before 3.3 in a hidden ledger under ``output_path`` when the task has one
+    (:mod:`airflow_provider_novita.ledger`). A retry reattaches to tasks that are still queued,
+    processing or succeeded with a live result URL instead of submitting again, and warns about a
+    submission whose outcome was uncertain (see the README, "Retries never bill twice").
 
     Values written out in the DAG file are validated when the DAG is parsed; anything Airflow
     resolves later (templates, XComArgs, mapped arguments) when the task starts. Either way, a bad
@@ -258,7 +260,20 @@ class UpscaleOperator(BaseOperator):
             },
         )
         self._persisted_paths = [record["path"] for record in records if "path" in record]
+        ledger = self._ledger(context)
+        if ledger is not None:
+            ledger.clear()
         return records
+
+    def _ledger(self, context: Context) -> SubmissionLedger | None:
+        """
+        Where a retry finds this task instance's submissions when Airflow has no task state store
+        (before 3.3) and the task saves its files: in ``output_path``, see
+        :mod:`airflow_provider_novita.ledger`.
+        """
+        if context.get("task_state_store") is not None or not (self.output_path and self.wait_for_completion):
+            return None
+        return SubmissionLedger(output_root(self.output_path), context["ti"])
 
     def get_openlineage_facets_on_complete(self, task_instance: object) -> OperatorLineage[Dataset, RunFacet]:
         """
@@ -311,7 +326,7 @@ class UpscaleOperator(BaseOperator):
         each submission completes. After a failure no new submission starts; those already sent are
         recorded, then the first error is raised.
         """
-        memory = RetryMemory(context, STATE_STORE_KEY)
+        memory = self._ledger(context) or RetryMemory(context, STATE_STORE_KEY)
         names = [request.identity(position) for position, request in requests]
         earlier = [memory.get(name) for name in names]
         # Everything that talks to the supervisor happens here, once, before the threads start: the

@@ -12,7 +12,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from airflow.sdk.execution_time import context as _execution_context
 
 from airflow_provider_novita.emulator.pytest_plugin import EmulatorFactory, novita_emulator_factory
 
@@ -22,10 +21,6 @@ if TYPE_CHECKING:
     from airflow_provider_novita.emulator import EmulatorServer
 
 __all__ = ["novita_emulator_factory"]
-
-
-# Airflow 3.3+ gives a task instance a store that survives its retries; older versions do not.
-HAS_TASK_STATE_STORE = hasattr(_execution_context, "TaskStateStoreAccessor")
 
 
 @pytest.fixture(scope="session")

@@ -262,10 +262,56 @@ class TestRetryReattach:
         ids = operator(wait_for_completion=False, resolution="2k").execute(context(store))  # type: ignore[arg-type]
         assert ids == ["task-2", "task-3"]
 
-    def test_without_a_state_store_every_try_submits(self, fake: FakeNovita) -> None:
+    def test_without_a_state_store_or_output_path_every_try_submits(self, fake: FakeNovita) -> None:
         operator(wait_for_completion=False).execute(context())  # type: ignore[arg-type]
         operator(wait_for_completion=False).execute(context())  # type: ignore[arg-type]
         assert len(fake.submissions) == 4
+
+
+class TestRetryReattachThroughTheLedger:
+    """Before Airflow 3.3 (no task state store), a task with output_path remembers in a ledger there."""
+
+    def test_a_retry_reattaches_instead_of_submitting_again(self, fake: FakeNovita, tmp_path: Any) -> None:
+        fake.script = (PROCESSING,)
+        with pytest.raises(NovitaTimeoutError):
+            operator(deferrable=False, timeout=0.05, output_path=str(tmp_path)).execute(context())
+        assert len(fake.submissions) == 2
+        (ledger,) = tmp_path.iterdir()
+        assert ledger.name.startswith(".novita-ledger-")
+        assert len(list(ledger.iterdir())) == 2, "one entry per accepted submission"
+
+        with pytest.raises(TaskDeferred) as deferred:
+            operator(deferrable=True, output_path=str(tmp_path)).execute(context())
+        assert len(fake.submissions) == 2, "nothing was billed twice"
+        assert deferred.value.trigger.task_ids == ["task-0", "task-1"]
+
+    def test_the_ledger_is_removed_once_the_files_are_saved(
+        self, fake: FakeNovita, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        before_saving: list[str] = []
+
+        def save(context: Any, outcome: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            before_saving.extend(path.name for path in tmp_path.iterdir())
+            return []
+
+        monkeypatch.setattr(upscale, "finish_batch", save)
+        operator(deferrable=False, output_path=str(tmp_path)).execute(context())
+        assert [name[:15] for name in before_saving] == [".novita-ledger-"]
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_failed_batch_keeps_its_ledger_for_the_retry(self, fake: FakeNovita, tmp_path: Any) -> None:
+        fake.scripts["task-1"] = (FAILED,)
+        with pytest.raises(NovitaTaskFailedError):
+            operator(deferrable=False, output_path=str(tmp_path)).execute(context())
+        (ledger,) = tmp_path.iterdir()
+        assert len(list(ledger.iterdir())) == 2
+
+    def test_with_a_state_store_the_store_is_the_memory(self, fake: FakeNovita, tmp_path: Any) -> None:
+        store = FakeStateStore()
+        with pytest.raises(TaskDeferred):
+            operator(deferrable=True, output_path=str(tmp_path)).execute(context(store))
+        assert len(store.values) == 2
+        assert list(tmp_path.iterdir()) == []
 
 
 class TestDagIdioms:
