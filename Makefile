@@ -18,10 +18,13 @@ BENCHMARK_OUTPUT ?= benchmarks/results
 # Flags for benchmarks/deferral_slots.py, e.g. --skip-sync: its run without deferral takes ~10 minutes.
 SLOTS_ARGS ?=
 BENCHMARK_ARGS ?=
-# The chaos soak's seed and size (tests/cluster/soak.py --help); its report goes to soak-output/.
+# The chaos soak's seed and size (tests/cluster/soak.py --help), and the Airflow it runs on (one of the
+# tested versions); its report goes to soak-output/<version>/.
 SOAK_ARGS ?= --seed 20261125 --images 1000 --batch-size 10
+SOAK_AIRFLOW ?= $(AIRFLOW_NEWEST)
+SOAK_VENV := $(if $(filter $(AIRFLOW_NEWEST),$(SOAK_AIRFLOW)),$(VENV),.venv-$(SOAK_AIRFLOW))
 
-.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick soak clean
+.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick soak soak-airflow-unknown clean
 
 # venv VENV_DIR AIRFLOW_VERSION CONSTRAINTS EXTRA: a virtual environment with the provider (editable) and EXTRA.
 define venv
@@ -73,8 +76,12 @@ benchmark-quick: $(BENCH)
 
 # 1,000 images through the Celery cluster of tests/cluster while a triggerer and the worker are killed
 # (about 10 minutes; needs the local PostgreSQL and Redis). Not part of `make test`.
-soak: $(NEWEST)
-	$(VENV)/bin/python -m tests.cluster.soak $(SOAK_ARGS)
+# `make soak SOAK_AIRFLOW=3.1.8` runs it on an older tested Airflow.
+soak: $(if $(filter $(SOAK_AIRFLOW),$(AIRFLOW_NEWEST) $(AIRFLOW_OLDER)),$(SOAK_VENV)/.installed-$(SOAK_AIRFLOW),soak-airflow-unknown)
+	$(SOAK_VENV)/bin/python -m tests.cluster.soak $(SOAK_ARGS) --output soak-output/$(SOAK_AIRFLOW)
+
+soak-airflow-unknown:
+	@echo "SOAK_AIRFLOW=$(SOAK_AIRFLOW): it must be one of the tested versions, $(AIRFLOW_NEWEST) $(AIRFLOW_OLDER)"; exit 2
 
 clean:
 	rm -rf $(VENV) $(addprefix .venv-,$(AIRFLOW_OLDER)) $(BENCH_VENV) demo-output soak-output

@@ -40,6 +40,8 @@ class FaultInjector:
 
     def reset(self) -> None:
         self._requests_seen: Counter[str] = Counter()
+        # What was injected, by kind: the server logs nothing per fault (see server.py).
+        self.injected: Counter[str] = Counter()
         self._rate_limit_rng = random.Random(f"{self._config.seed}:rate-limit")
         self._error_rng = random.Random(f"{self._config.seed}:errors")
         self._retry_after_rng = random.Random(f"{self._config.seed}:retry-after")
@@ -55,16 +57,22 @@ class FaultInjector:
         error_draw = self._error_rng.random()
         drop_draw = self._drop_rng.random()
         if drop_draw < config.drop_rate:
+            self.injected["dropped_connection"] += 1
             raise ConnectionDropped(endpoint)
         if index < config.rate_limit_first or rate_limit_draw < config.rate_limit_rate:
             headers = {}
             with_header = self._retry_after_rng.random() < config.retry_after_share
             if config.retry_after is not None and with_header:
                 headers["Retry-After"] = format_retry_after(config.retry_after)
+            self.injected["429"] += 1
             raise ApiError(429, RATE_LIMIT_EXCEEDED, "rate limit exceeded, retry later", headers=headers)
         if index < config.rate_limit_first + config.error_first or error_draw < config.error_rate:
+            self.injected["503"] += 1
             raise ApiError(503, SERVICE_UNAVAILABLE, "service temporarily unavailable, retry later")
 
     def lose_answer(self) -> bool:
         """Whether the answer to the submission just accepted is lost (one draw per submission)."""
-        return self._lost_answer_rng.random() < self._config.lost_answer_rate
+        lost = self._lost_answer_rng.random() < self._config.lost_answer_rate
+        if lost:
+            self.injected["lost_answer"] += 1
+        return lost

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
@@ -30,6 +31,21 @@ _STARTUP_TIMEOUT = 30.0
 # Bounds stop(): requests still running after this are cancelled (e.g. a client stuck mid-download).
 _GRACEFUL_SHUTDOWN_SECONDS = 5
 _STOP_TIMEOUT = 30.0
+
+
+class _InjectedTruncations(logging.Filter):
+    """
+    Drops uvicorn's error for a response cut short, which the emulator only ever does on purpose (a
+    dropped connection, a lost answer, a truncated download) and counts in ``stats()["faults_injected"]``
+    and ``downloads_by_output``: a soak injects a hundred of them, and each would print an error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing response."
+
+
+_UVICORN_ERRORS = logging.getLogger("uvicorn.error")
+_QUIET = _InjectedTruncations()
 
 
 class EmulatorServer:
@@ -78,6 +94,7 @@ class EmulatorServer:
         if self._thread is not None:
             raise RuntimeError("the emulator is already running")
         sock = _bind(self.host, self._requested_port)
+        _UVICORN_ERRORS.addFilter(_QUIET)  # a no-op when it is already there
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(self._service),

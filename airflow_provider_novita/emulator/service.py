@@ -225,4 +225,5 @@ class EmulatorService:
             "abandoned_submissions": self._abandoned_submissions,
             "downloads_by_output": self._outputs.downloads_by_output(),
             "tasks_by_status": self._tasks.count_by_status(),
+            "faults_injected": dict(self.faults.injected),
         }

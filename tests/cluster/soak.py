@@ -8,12 +8,15 @@ with a fixed seed, answers 10% of API requests with 429 (half of them with ``Ret
 (the task is created and billed), fails 5% of jobs, and takes 2-60 s per job. Mid-run, the triggerer
 holding the most triggers and then the Celery worker are killed with SIGKILL and restarted.
 
-The report gives every image's outcome (persisted, or failed with Novita's reason), submissions per
-image and what explains each extra one, lost and hung images, how often the API key was found, the
-wall time, and the triggerers' CPU time and peak RSS. The exit status is 1 when an invariant broke:
+While it runs it prints a progress line every 15 seconds. The report gives every image's outcome
+(persisted, or failed with Novita's reason), submissions per image and what explains each extra one,
+lost and hung images, how often the API key was found, the wall time, the faults injected by kind,
+and the triggerers' CPU time and peak RSS. The exit status is 1 when an invariant broke:
 a lost or hung image, an unexplained extra submission, or the key found anywhere.
 
-Usage: ``python -m tests.cluster.soak --seed 20261125 [--images 1000 --batch-size 10]``.
+Usage: ``python -m tests.cluster.soak --seed 20261125 [--images 1000 --batch-size 10]``, or ``make soak
+[SOAK_AIRFLOW=3.1.8]``, which runs it in that Airflow's environment. ``docs/soak/`` keeps one summary per
+Airflow version.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +33,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import airflow
+
 from airflow_provider_novita.emulator import EmulatorConfig, EmulatorServer
 from tests.cluster.harness import DAG_ID, TRIGGERERS, WORKER, Cluster, celery_cluster, places_holding
 from tests.deployment import session_members, wait_for
@@ -36,6 +42,7 @@ from tests.deployment import session_members, wait_for
 API_KEY = "sk-soak-secret-9191"
 CONN_ID = "novita_soak"
 HUNG_AFTER = 3600.0
+PROGRESS_EVERY = 15.0
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -125,6 +132,29 @@ def chaos(cluster: Cluster, run_id: str, events: list[str], started: float) -> N
     events.append(f"{time.monotonic() - started:.0f}s: {WORKER} restarted")
 
 
+def progress(
+    emulator: EmulatorServer,
+    files: Path,
+    images: int,
+    events: list[str],
+    started: float,
+    stop: threading.Event,
+) -> None:
+    """Every PROGRESS_EVERY seconds, one line of how far the run is, for whoever watches it."""
+    while not stop.wait(PROGRESS_EVERY):
+        stats = emulator.stats()
+        done = stats["tasks_by_status"]
+        finished = done.get("TASK_STATUS_SUCCEED", 0) + done.get("TASK_STATUS_FAILED", 0)
+        persisted = sum(1 for _ in files.glob("*.jpg")) if files.is_dir() else 0
+        kills = sum(event.split(": ", 1)[1].startswith("SIGKILL") for event in list(events))
+        print(
+            f"[{time.monotonic() - started:5.0f}s] {images} images: {stats['accepted_submissions']} "
+            f"submitted, {finished} jobs finished, {persisted} persisted; "
+            f"{sum(stats['faults_injected'].values())} faults injected, {kills} of 2 kills done",
+            flush=True,
+        )
+
+
 def image_outcomes(
     cluster: Cluster, run_id: str, images: list[str], batch_size: int, tasks: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -175,6 +205,17 @@ def billing(images: list[str], stats: dict[str, Any], tasks: list[dict[str, Any]
     }
 
 
+def _commit() -> str:
+    """The checkout's commit, marked when it has uncommitted changes: a report names what it measured."""
+    git = ["git", "-C", str(Path(__file__).parent)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, check=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit.stdout.decode().strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -182,7 +223,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20261125)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=10)
-    parser.add_argument("--output", type=Path, default=Path("soak-output"), help="report.json and report.md")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("soak-output"),
+        help="where report.json and summary.json go",
+    )
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="novita-soak-"))
@@ -204,11 +250,20 @@ def main() -> int:
                     target=chaos, args=(cluster, run_id, events, started), daemon=True
                 )
                 chaos_thread.start()
+                finished = threading.Event()
+                watcher = threading.Thread(
+                    target=progress,
+                    args=(emulator, files, args.images, events, started, finished),
+                    daemon=True,
+                )
+                watcher.start()
                 try:
                     state = cluster.wait_run(DAG_ID, run_id, HUNG_AFTER)
                 except AssertionError as timeout:
                     state = f"not final: {timeout}"
+                finished.set()
                 chaos_thread.join(timeout=60)
+                watcher.join()
             wall = time.monotonic() - started
             tasks = emulator.tasks()
             outcomes = image_outcomes(cluster, run_id, images, args.batch_size, tasks)
@@ -218,6 +273,8 @@ def main() -> int:
     kinds = Counter(outcome["outcome"].split(":")[0] for outcome in outcomes)
     report = {
         "command": " ".join(["python -m tests.cluster.soak", *sys.argv[1:]]),
+        "commit": _commit(),
+        "airflow_version": airflow.__version__,
         "seed": args.seed,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "dag_run_state": state,
@@ -236,12 +293,19 @@ def main() -> int:
         "triggerer_peak_rss_mb": {label: round(mb, 1) for label, mb in meter.peak_rss_mb.items()},
         "emulator": {
             key: stats[key]
-            for key in ("requests", "accepted_submissions", "dropped_connections", "tasks_by_status")
+            for key in (
+                "requests",
+                "accepted_submissions",
+                "dropped_connections",
+                "faults_injected",
+                "tasks_by_status",
+            )
         },
         "per_image": outcomes,
     }
     (args.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     summary = {key: value for key, value in report.items() if key != "per_image"}
+    (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     broken = report["lost_images"] or report["hung_images"] or bills["unexplained_extra"] or leaks
     return 1 if broken else 0

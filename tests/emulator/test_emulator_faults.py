@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -221,6 +222,26 @@ def test_a_lost_answer_bills_a_task_the_client_never_learns_of(
     assert stats["lost_answers_by_image"] == {image: 1}
     assert stats["dropped_connections"] == 0
     assert sum(stats["tasks_by_status"].values()) == 1
+
+
+def test_injected_faults_are_counted_by_kind_and_not_logged_as_server_errors(
+    api_factory: Callable[..., EmulatorApi], caplog: pytest.LogCaptureFixture
+) -> None:
+    dropping = api_factory(drop_rate=1.0)
+    losing = api_factory(lost_answer_rate=1.0, job_duration=0.1)
+    limiting = api_factory(rate_limit_first=2, error_first=1)
+
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        for api in (dropping, losing):
+            with pytest.raises(httpx.RemoteProtocolError):
+                api.submit(resolution="2k")
+        statuses = [limiting.submit(resolution="2k").status_code for _ in range(3)]
+
+    assert statuses == [429, 429, 503]
+    assert dropping.stats()["faults_injected"] == {"dropped_connection": 1}
+    assert losing.stats()["faults_injected"] == {"lost_answer": 1}
+    assert limiting.stats()["faults_injected"] == {"429": 2, "503": 1}
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
 
 
 def test_faults_are_drawn_per_request_from_the_seed(api_factory: Callable[..., EmulatorApi]) -> None:
