@@ -149,12 +149,16 @@ def test_a_cleared_run_pays_only_for_files_that_are_missing(
     run_id = cluster.trigger_run(DAG_ID, _conf("novita_rerun", images, tmp_path))
     assert cluster.wait_run(DAG_ID, run_id, RUN_TIMEOUT) == "success"
     assert emulator.stats()["submissions_by_image"] == dict.fromkeys(images, 1)
+    # Airflow before 3.2.2 (and 3.3 in rarer variants) may fail a deferred try whose trigger fired
+    # within seconds and retry it (apache/airflow#66374, #67287, #72716): the retry reattaches, so
+    # it bills nothing, but the try numbers are Airflow's to choose. Counted from here.
+    tries = [row["try_number"] for row in cluster.task_instances(DAG_ID, run_id)]
 
     # The whole run cleared, as after a fix downstream: every file is there, nothing is submitted.
     cleared = cluster.client.post(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/clear", json={"dry_run": False})
     assert cleared.status_code == 200, cleared.text
     assert cluster.wait_run(DAG_ID, run_id, RUN_TIMEOUT) == "success"
-    assert [row["try_number"] for row in cluster.task_instances(DAG_ID, run_id)] == [2] * 4
+    assert [row["try_number"] for row in cluster.task_instances(DAG_ID, run_id)] == [n + 1 for n in tries]
     assert emulator.stats()["submissions_by_image"] == dict.fromkeys(images, 1)
 
     # One file deleted, its task instance cleared: only that image is fetched again. On Airflow 3.3
