@@ -40,6 +40,7 @@ TASK_ID = "upscale"
 TRIGGERERS = ("triggerer-1", "triggerer-2")
 WORKER = "celery-worker"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_CLAIM = "novita-cluster-claim"
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 SETTINGS = {
     "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
@@ -83,12 +84,18 @@ def _redis(db: int) -> Any:
 
 
 def claim_redis_db() -> int:
-    """An empty Redis database number, so that the broker's queues meet nobody else's."""
+    """
+    An empty Redis database number, so that the broker's queues meet nobody else's.
+
+    The claim is a marker set with SETNX and kept until the cluster flushes the database at its end:
+    a cluster started meanwhile (the soak beside a test loop) finds the database not empty. Released
+    at once, it let two clusters share a broker, and each one's Celery worker ran the other's tasks
+    (refused with "Invalid auth token": every cluster signs with its own JWT secret). The marker
+    expires after a day, for a run that was killed before it could flush.
+    """
     for db in range(15, 0, -1):
         client = _redis(db)
-        # SETNX of a marker claims the number atomically against a concurrent run.
-        if client.dbsize() == 0 and client.set("novita-cluster-claim", "1", nx=True):
-            client.delete("novita-cluster-claim")
+        if client.dbsize() == 0 and client.set(REDIS_CLAIM, secrets.token_hex(8), nx=True, ex=86400):
             return db
     raise RuntimeError("no empty Redis database among 1-15")
 
@@ -189,9 +196,11 @@ class Cluster:
         raise AssertionError(f"{dag_id} run {run_id} not final after {timeout:g}s; task states {states}")
 
     def redis_items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every key of the broker's Redis database with every value stored under it."""
+        """Every key of the broker's Redis database with every value stored under it (not the claim)."""
         client = _redis(self.redis_db)
         for key in client.scan_iter(count=500):
+            if key == REDIS_CLAIM.encode():
+                continue
             kind = client.type(key).decode()
             values: list[bytes] = []
             if kind == "string":
