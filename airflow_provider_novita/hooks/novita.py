@@ -6,8 +6,7 @@ import asyncio
 import logging
 import re
 import time
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -35,6 +34,7 @@ from airflow_provider_novita.polling import BatchPoller, PollingPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from types import TracebackType
 
     from airflow.sdk import Connection
 
@@ -100,6 +100,9 @@ class NovitaHook(BaseHook):
         self.novita_conn_id = novita_conn_id
         self._transport = transport
         self._retry_policy = retry_policy
+        # Both made on first use and kept for the hook's life; close() ends the client's.
+        self._settings: ConnectionSettings | None = None
+        self._client: httpx.Client | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -143,13 +146,16 @@ class NovitaHook(BaseHook):
             )
         return widgets
 
-    @cached_property
+    @property
     def settings(self) -> ConnectionSettings:
-        conn = self.get_connection(self.novita_conn_id)
-        settings = ConnectionSettings.from_connection(conn)
-        for secret in _secrets(conn, settings):
-            sdk_log.mask_secret(secret)
-        return settings
+        """The connection's settings, looked up (and its secrets masked) on first use."""
+        if self._settings is None:
+            conn = self.get_connection(self.novita_conn_id)
+            settings = ConnectionSettings.from_connection(conn)
+            for secret in _secrets(conn, settings):
+                sdk_log.mask_secret(secret)
+            self._settings = settings
+        return self._settings
 
     async def asettings(self) -> ConnectionSettings:
         """
@@ -157,9 +163,9 @@ class NovitaHook(BaseHook):
         the loop for :data:`~airflow_provider_novita.hooks.clients.SETTINGS_TTL` seconds (see
         :class:`~airflow_provider_novita.hooks.clients.SettingsCache`).
         """
-        if "settings" not in self.__dict__:
-            self.__dict__["settings"] = await connection_settings.get(self.novita_conn_id, self._alook_up)
-        return self.settings
+        if self._settings is None:
+            self._settings = await connection_settings.get(self.novita_conn_id, self._alook_up)
+        return self._settings
 
     async def _alook_up(self) -> ConnectionSettings:
         conn = await self.aget_connection(self.novita_conn_id)
@@ -174,52 +180,41 @@ class NovitaHook(BaseHook):
 
     # -- sync ---------------------------------------------------------------------------------
 
-    @cached_property
+    @property
     def client(self) -> httpx.Client:
         """The sync client: a connection pool of the hook's own, over the given transport in tests."""
-        return httpx.Client(**self.settings.client_options(shared_ssl_context(), self._transport))
+        if self._client is None:
+            self._client = httpx.Client(**self.settings.client_options(shared_ssl_context(), self._transport))
+        return self._client
 
     def get_conn(self) -> httpx.Client:
         return self.client
 
     def close(self) -> None:
         """Close the sync client, if the hook made one; it makes a new one if used again."""
-        client = self.__dict__.pop("client", None)
+        client, self._client = self._client, None
         if client is not None:
             client.close()
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        task_id: str | None = None,
-        deadline: float | None = None,
-        json: Any = None,
-    ) -> Any:
-        client, settings, retries = self.client, self.settings, self.retries
-        failures = 0
+    def _send(self, call: Call) -> Any:
+        client, settings = self.client, self.settings
+        attempt = Attempts(self.retries, call)
         while True:
-            try:
-                request = _request(settings, method, path, task_id, deadline, json)
+            with attempt:
+                request = call.build(settings)
                 try:
                     response = client.send(request)
                 except httpx.HTTPError as err:
                     raise _connection_error(err, settings) from err
-                return _json_or_raise(response, task_id)
-            except NovitaError as err:
-                failures += 1
-                wait, give_up = _plan_retry(retries, err, failures, method, deadline, task_id)
-                time.sleep(wait)
-                if give_up:
-                    raise _deadline_error(task_id, err) from err
+                return _json_or_raise(response, call.task_id)
+            time.sleep(attempt.wait)
 
     def submit_upscale(self, request: UpscaleRequest) -> str:
         """Create an upscaling task and return its Novita task id. Each call is billed."""
-        return _task_id(self._request("POST", SUBMIT_PATH, json=request.to_json()))
+        return _task_id(self._send(Call("POST", SUBMIT_PATH, json=request.to_json())))
 
     def get_task_result(self, task_id: str, *, deadline: float | None = None) -> TaskResult:
-        body = self._request("GET", _task_result_path(task_id), task_id=task_id, deadline=deadline)
+        body = self._send(Call("GET", _task_result_path(task_id), task_id, deadline))
         return TaskResult.from_api(body, task_id)
 
     def get_task_results(
@@ -251,7 +246,7 @@ class NovitaHook(BaseHook):
         unreachable host is reported in seconds rather than after the whole backoff.
         """
         try:
-            user = self._request("GET", USER_PATH, deadline=time.time() + TEST_CONNECTION_SECONDS)
+            user = self._send(Call("GET", USER_PATH, deadline=time.time() + TEST_CONNECTION_SECONDS))
             balance = user.get("credit_balance") if isinstance(user, dict) else None
             detail = (
                 f"; credit balance {balance / 10000:.2f} USD"
@@ -263,8 +258,7 @@ class NovitaHook(BaseHook):
             message = (
                 str(err) if isinstance(err, (NovitaError, ValueError)) else f"{type(err).__name__}: {err}"
             )
-            settings = self.__dict__.get("settings")
-            for secret in settings.secrets if settings else ():
+            for secret in self._settings.secrets if self._settings else ():
                 message = redact(message, secret)
             return False, message
         finally:
@@ -295,6 +289,85 @@ class NovitaHook(BaseHook):
         """The async twin of :meth:`wait_for_tasks`, holding one session for the whole wait."""
         async with self.session() as session:
             return await session.wait_for_tasks(task_ids, policy, end_time)
+
+
+class Call(NamedTuple):
+    """One API call, as the request loops send it and retry it (a tuple: one is made per request)."""
+
+    method: str
+    path: str
+    task_id: str | None = None
+    """The Novita task the call is about, named in its errors."""
+    deadline: float | None = None
+    """Epoch seconds after which no attempt is sent and no wait lasts."""
+    json: Any = None
+
+    def build(self, settings: ConnectionSettings) -> httpx.Request:
+        """
+        One attempt's request, its timeouts cut to the deadline. Nothing is sent once the deadline
+        has passed: the answer could no longer change the outcome.
+        """
+        if self.deadline is not None and time.time() >= self.deadline:
+            ids = [self.task_id] if self.task_id else []
+            raise NovitaTimeoutError(ids, "Deadline passed before the request was sent")
+        return settings.request(self.method, self.path, deadline=self.deadline, json=self.json)
+
+
+class Attempts:
+    """
+    The retry decision of one request, shared by the sync and the async request loop; each loop
+    only sleeps its own way::
+
+        attempt = Attempts(retries, call)
+        while True:
+            with attempt:
+                return send(call.build(settings))  # raises a NovitaError when it fails
+            time.sleep(attempt.wait)  # or await asyncio.sleep(attempt.wait)
+
+    A failure that :class:`~airflow_provider_novita.retries.RetryPolicy` retries is swallowed by the
+    ``with``, which sets :attr:`wait`; any other failure goes through. A wait that would run past
+    the deadline is cut at it, and the next ``with`` then raises
+    :class:`~airflow_provider_novita.exceptions.NovitaTimeoutError` naming the last failure, instead
+    of sending a request whose answer could no longer change the outcome. Only reads (GET) are
+    retried on every transient failure; a submission only when Novita certainly created nothing.
+    """
+
+    def __init__(self, retries: RetryPolicy, call: Call) -> None:
+        self._retries = retries
+        self._idempotent = call.method == "GET"
+        self._deadline = call.deadline
+        self._task_id = call.task_id
+        self._failures = 0
+        self._last_failure: NovitaError | None = None
+        self._gave_up = False
+        self.wait = 0.0
+        """Seconds to sleep before the next attempt, set by the failure the last ``with`` swallowed."""
+
+    def __enter__(self) -> None:
+        if self._gave_up and self._last_failure is not None:
+            ids = [self._task_id] if self._task_id else []
+            raise NovitaTimeoutError(
+                ids, f"Deadline reached while retrying after: {self._last_failure}"
+            ) from self._last_failure
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if not isinstance(exc, NovitaError) or isinstance(exc, NovitaTimeoutError):
+            return False
+        self._failures += 1
+        wait = self._retries.wait_before_retry(exc, self._failures, idempotent=self._idempotent)
+        if wait is None:
+            return False
+        self._last_failure = exc
+        if self._deadline is not None and time.time() + wait >= self._deadline:
+            self.wait, self._gave_up = max(0.0, self._deadline - time.time()), True
+        else:
+            self.wait = wait
+            _log.warning(
+                "Novita request failed (%s); retrying in %.1fs (attempt %d)", exc, wait, self._failures + 1
+            )
+        return True
 
 
 class NovitaSession:
@@ -332,44 +405,31 @@ class NovitaSession:
         if shared is not None:
             await shared_async_clients.release(shared)
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        task_id: str | None = None,
-        deadline: float | None = None,
-        json: Any = None,
-    ) -> Any:
-        """The async twin of the hook's sync request loop: the same retries, deadline and errors."""
+    async def send(self, call: Call) -> Any:
+        """The async twin of the hook's sync request loop: the same :class:`Attempts`, asleep its own way."""
         if self._shared is None:
             raise RuntimeError("A NovitaSession sends requests only inside its async with block")
         client, slots, admission = self._shared.client, self._shared.slots, self._shared.admission
-        failures = 0
+        attempt = Attempts(self._retries, call)
         while True:
-            try:
+            with attempt:
                 if (wait := admission.delay()) > 0:
                     await asyncio.sleep(wait)
-                request = _request(self._settings, method, path, task_id, deadline, json)
+                request = call.build(self._settings)
                 try:
                     async with slots:
                         response = await client.send(request)
                 except httpx.HTTPError as err:
                     raise _connection_error(err, self._settings) from err
-                return _json_or_raise(response, task_id)
-            except NovitaError as err:
-                failures += 1
-                wait, give_up = _plan_retry(self._retries, err, failures, method, deadline, task_id)
-                await asyncio.sleep(wait)
-                if give_up:
-                    raise _deadline_error(task_id, err) from err
+                return _json_or_raise(response, call.task_id)
+            await asyncio.sleep(attempt.wait)
 
     async def submit_upscale(self, request: UpscaleRequest) -> str:
         """Create an upscaling task and return its Novita task id. Each call is billed."""
-        return _task_id(await self.request("POST", SUBMIT_PATH, json=request.to_json()))
+        return _task_id(await self.send(Call("POST", SUBMIT_PATH, json=request.to_json())))
 
     async def get_task_result(self, task_id: str, *, deadline: float | None = None) -> TaskResult:
-        body = await self.request("GET", _task_result_path(task_id), task_id=task_id, deadline=deadline)
+        body = await self.send(Call("GET", _task_result_path(task_id), task_id, deadline))
         return TaskResult.from_api(body, task_id)
 
     async def get_task_results(
@@ -421,52 +481,8 @@ async def _amask_secret(secret: str) -> None:
         await amask(secret)
 
 
-def _request(
-    settings: ConnectionSettings,
-    method: str,
-    path: str,
-    task_id: str | None,
-    deadline: float | None,
-    json: Any,
-) -> httpx.Request:
-    """
-    One attempt's request, its timeouts cut to the deadline. Nothing is sent once the deadline has
-    passed: the answer could no longer change the outcome.
-    """
-    if deadline is not None and time.time() >= deadline:
-        raise NovitaTimeoutError([task_id] if task_id else [], "Deadline passed before the request was sent")
-    return settings.request(method, path, deadline=deadline, json=json)
-
-
 def _task_result_path(task_id: str) -> str:
     return f"{TASK_RESULT_PATH}?task_id={quote(task_id, safe='')}"
-
-
-def _plan_retry(
-    retries: RetryPolicy,
-    err: NovitaError,
-    failures: int,
-    method: str,
-    deadline: float | None,
-    task_id: str | None,
-) -> tuple[float, bool]:
-    """
-    How long to wait before resending, and whether to give up after that wait; raises ``err`` when it
-    is final. A wait that would run past the deadline is cut at the deadline, and then it gives up.
-    """
-    if isinstance(err, NovitaTimeoutError):
-        raise err
-    wait = retries.wait_before_retry(err, failures, idempotent=method == "GET")
-    if wait is None:
-        raise err
-    if deadline is not None and time.time() + wait >= deadline:
-        return max(0.0, deadline - time.time()), True
-    _log.warning("Novita request failed (%s); retrying in %.1fs (attempt %d)", err, wait, failures + 1)
-    return wait, False
-
-
-def _deadline_error(task_id: str | None, err: NovitaError) -> NovitaTimeoutError:
-    return NovitaTimeoutError([task_id] if task_id else [], f"Deadline reached while retrying after: {err}")
 
 
 def _connection_error(err: httpx.HTTPError, settings: ConnectionSettings) -> NovitaError:

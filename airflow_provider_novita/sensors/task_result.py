@@ -92,8 +92,10 @@ class TaskResultSensor(BaseSensorOperator):
     """
 
     template_fields: Sequence[str] = ("task_ids", "images", "novita_conn_id", "output_path")
-    # The files this try persisted, for lineage; replaced by _finish on the try's own copy of the sensor.
+    # Class defaults that a try replaces on its own copy of the sensor (BaseOperator.prepare_for_execution),
+    # so a value never outlives the try: the files it persisted, for lineage, and what its pokes learnt.
     _persisted_paths: Sequence[str] = ()
+    _batch_poller: BatchPoller | None = None
 
     def __init__(
         self,
@@ -123,6 +125,20 @@ class TaskResultSensor(BaseSensorOperator):
             source_list(images, len(task_id_list(task_ids)) if is_plain_literal(task_ids) else None)
         if output_path is not None and is_plain_literal(output_path):
             output_root(output_path)
+
+    @property
+    def poke_interval(self) -> float:
+        """
+        Seconds until the next poke, which BaseSensorOperator sleeps or reschedules for: the shared
+        polling policy's next delay once a poke has run (the tasks' eta, else a wait that grows,
+        cut at the deadline), the configured ``poke_interval`` before.
+        """
+        poller = self._batch_poller
+        return self._poke_interval if poller is None else poller.next_delay(time.time())
+
+    @poke_interval.setter
+    def poke_interval(self, seconds: float) -> None:
+        self._poke_interval = seconds
 
     def _sources(self) -> list[str | None]:
         count = len(task_id_list(self.task_ids))
@@ -171,15 +187,12 @@ class TaskResultSensor(BaseSensorOperator):
         self._remember(context, poller, set(pending) - set(poller.pending()), errors_before)
         outcome = poller.outcome(time.time())
         if outcome is None:
-            # BaseSensorOperator waits ``poke_interval`` before the next poke, or reschedules that far
-            # ahead: the shared policy sets it, cut at the deadline.
-            self.poke_interval = poller.next_delay(time.time())
             return False
         return PokeReturnValue(is_done=True, xcom_value=self._finish(context, outcome))
 
     def _poller(self, context: Context) -> BatchPoller:
         """This instance's poller; a rescheduled poke restores what earlier pokes learnt."""
-        if "_batch_poller" not in self.__dict__:
+        if self._batch_poller is None:
             task_ids = task_id_list(self.task_ids)
             memory = RetryMemory(context, STATE_STORE_KEY)
             try_number = context["ti"].try_number
@@ -189,7 +202,7 @@ class TaskResultSensor(BaseSensorOperator):
                 saved = memory.get(task_id)
                 if saved:
                     results[task_id] = TaskResult.from_dict(saved)
-            self.__dict__["_batch_poller"] = BatchPoller(
+            self._batch_poller = BatchPoller(
                 task_ids,
                 self.policy,
                 end_time=self._started_at + self.timeout,
@@ -199,8 +212,7 @@ class TaskResultSensor(BaseSensorOperator):
                 results=results,
                 consecutive_errors=int(errors.get("count", 0)) if errors.get("try") == try_number else 0,
             )
-        poller: BatchPoller = self.__dict__["_batch_poller"]
-        return poller
+        return self._batch_poller
 
     def _remember(
         self, context: Context, poller: BatchPoller, finished: set[str], errors_before: int

@@ -516,7 +516,7 @@ class TestOutputPath:
 def test_the_sync_client_is_released_when_the_task_ends(fake: FakeNovita) -> None:
     op = operator(deferrable=False)
     op.execute(context())
-    assert "client" not in op.hook.__dict__
+    assert op.hook._client is None
 
 
 class TestConcurrentSubmissions:

@@ -256,4 +256,4 @@ class TestArguments:
 def test_the_sync_client_is_released_when_the_task_ends(fake: FakeNovita) -> None:
     waiting = sensor()
     waiting.execute(context())
-    assert "client" not in waiting.hook.__dict__
+    assert waiting.hook._client is None
