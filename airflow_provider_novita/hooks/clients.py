@@ -1,12 +1,11 @@
 """
 What a Novita connection says, the requests built from it, and the httpx clients that send them.
 
-Measured on peers (see the README's performance section): an httpx client costs about 850 KB and
-tens of milliseconds, most of it its own SSL context, and a client per trigger opens a TCP
-connection per poll. So every client here shares one SSL context per process, keeps connections
-alive longer than the longest poll interval, and on the triggerer all triggers of one event loop
-that use the same connection share one client (:data:`shared_async_clients`) and, for
-:data:`SETTINGS_TTL` seconds, one lookup of the connection (:data:`connection_settings`).
+An httpx client is expensive to make and to keep, most of it its own SSL context, and a client per
+trigger opens a TCP connection per poll. So every client here shares one SSL context per process,
+keeps connections alive longer than the longest poll interval, and on the triggerer all triggers of
+one event loop that use the same connection share one client (:data:`shared_async_clients`) and,
+for :data:`SETTINGS_TTL` seconds, one lookup of the connection (:data:`connection_settings`).
 
 Requests are built here once per connection (headers, timeouts, the URL as the base URL plus the
 path) and sent with ``client.send``: the client adds what only it knows, the proxy for the URL (the
@@ -47,12 +46,12 @@ CONNECT_TIMEOUT = 10.0
 KEEPALIVE_EXPIRY = DEFAULT_MAX_POLL_INTERVAL + 30.0
 # Requests one shared client has in flight at once, and so its connections. More requests wait on
 # a semaphore, which is cheap, instead of in httpcore's pool, where handing a connection over costs
-# time in proportion to the queue (measured: a 1000-trigger burst spent 98% of its CPU there).
+# time in proportion to the queue.
 MAX_IN_FLIGHT = 32
 # Requests a shared client starts per second once a burst has used its allowance: at most about
 # half a core of requests, so that a burst (tens of thousands of tasks with the same eta) cannot
-# saturate the loop. Lower rates were measured to delay the first polls of 10,000 jobs by 20-40 s. A
-# lone job never waits: its allowance is full.
+# saturate the loop, and high enough not to delay the first polls of a large burst (see the
+# CHANGELOG for the rates tried). A lone job never waits: its allowance is full.
 ADMISSION_RATE = 1000.0
 ADMISSION_BURST = 100.0
 # How long the settings of a connection, once looked up on an event loop, serve its new sessions: the

@@ -377,11 +377,9 @@ class NovitaSession:
     ``async with`` to its end. Get one from :meth:`NovitaHook.session`.
 
     A class with ``__aenter__`` rather than an ``@asynccontextmanager``, and keeping nothing of the
-    hook once entered, because a trigger holds its session for its whole wait: the generator-based
-    form kept ten more objects alive per trigger (context managers, async generators, the event
-    loop's weak references to them, the hook). Objects that live that long are what wakes the
-    collector of a triggerer's oldest generation, a stall of about 100 ms over Airflow's heap, when a
-    thousand triggers defer at once (see the README's Performance section).
+    hook once entered, because a trigger holds its session for its whole wait: every object alive
+    that long per trigger brings the next full collection of the triggerer's heap nearer, and a full
+    collection stalls every trigger of the process (see the README's Performance section).
     """
 
     _settings: ConnectionSettings
