@@ -1,7 +1,7 @@
 """
 What a Novita connection says, the requests built from it, and the httpx clients that send them.
 
-Measured on peers (see the README's performance section): an httpx client costs about 850 KB and
+Measured on peers (see docs/performance.md): an httpx client costs about 850 KB and
 tens of milliseconds, most of it its own SSL context, and a client per trigger opens a TCP
 connection per poll. So every client here shares one SSL context per process, keeps connections
 alive longer than the longest poll interval, and on the triggerer all triggers of one event loop

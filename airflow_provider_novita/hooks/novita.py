@@ -308,7 +308,7 @@ class NovitaSession:
     form kept ten more objects alive per trigger (context managers, async generators, the event
     loop's weak references to them, the hook). Objects that live that long are what wakes the
     collector of a triggerer's oldest generation, a stall of about 100 ms over Airflow's heap, when a
-    thousand triggers defer at once (see the README's Performance section).
+    thousand triggers defer at once (see docs/performance.md).
     """
 
     _settings: ConnectionSettings
