@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # The connection form: only the fields a Novita connection uses, with their meaning. Placeholders
 # must fit their input box (the UI cuts them, about 40 characters show). Airflow's form metadata has
 # no description for standard fields, so what the base URL is for (empty: Novita's API; the
-# emulator's URL for local runs) is told by the README and the hook's docstring.
+# emulator's URL for local runs) is told by docs/connection.md and the hook's docstring.
 CONNECTION_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": ["schema", "port", "login", "extra"],
     "relabeling": {"password": "API Key", "host": "API base URL"},

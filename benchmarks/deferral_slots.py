@@ -21,7 +21,7 @@ How:
   instances. The URLs are the emulator's sample with a distinct query string each, so every
   submission is counted per image. ``retries=2`` because Airflow 3.3.2 can fail a deferred task
   whose trigger fires soon after its deferral as externally killed (apache/airflow#67287); a retry
-  reattaches to the Novita task already submitted (the README explains it). The short retry delay
+  reattaches to the Novita task already submitted (docs/operator.md explains it). The short retry delay
   keeps such a retry from adding Airflow's default 5 minutes to the wall time;
 * each DAG is unpaused and triggered through the REST API, one run after the other (deferrable
   first), and the metadata database is read every ``--sample-interval`` (0.5 s) until the run is final.

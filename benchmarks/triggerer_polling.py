@@ -33,7 +33,7 @@ Rows, in the same run, against the same server:
   triggers); with eta again, in a process that froze its heap (``gc.freeze()``) once warmed up (the
   most a freeze can give), and in one that froze it right after ``import airflow`` (a little more
   than ``gc.freeze()`` in ``airflow_local_settings.py`` freezes: Airflow imports that file while
-  ``import airflow`` runs; README, Performance). Its deadline (``end_time``) is the jobs' end plus
+  ``import airflow`` runs; docs/performance.md). Its deadline (``end_time``) is the jobs' end plus
   ``--grace``.
 * HTTPS, for the peer and for ours with eta: a self-signed certificate made at run time, trusted by
   both clients through ``SSL_CERT_FILE`` in the measured process only (httpx's default context and

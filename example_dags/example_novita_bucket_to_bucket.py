@@ -10,7 +10,7 @@ ever holds one. The whole listing is one batch in one task instance: one worker 
 rather than a task per image. The results are saved under ``output_prefix`` with their content type
 before the task succeeds; a re-run of a day pays only for images whose file is missing.
 
-Needs ``novita_default`` (see the README) and an AWS connection, e.g.::
+Needs ``novita_default`` (see docs/connection.md) and an AWS connection, e.g.::
 
     export AIRFLOW_CONN_AWS_DEFAULT='{"conn_type": "aws", "login": "<key id>", "password": "<secret>"}'
 

@@ -379,7 +379,7 @@ class NovitaSession:
     A class with ``__aenter__`` rather than an ``@asynccontextmanager``, and keeping nothing of the
     hook once entered, because a trigger holds its session for its whole wait: every object alive
     that long per trigger brings the next full collection of the triggerer's heap nearer, and a full
-    collection stalls every trigger of the process (see the README's Performance section).
+    collection stalls every trigger of the process (see docs/performance.md).
     """
 
     _settings: ConnectionSettings

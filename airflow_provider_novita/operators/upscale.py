@@ -74,7 +74,7 @@ class UpscaleOperator(BaseOperator):
     before 3.3 in a hidden ledger under ``output_path`` when the task has one
     (:mod:`airflow_provider_novita.ledger`). A retry reattaches to tasks that are still queued,
     processing or succeeded with a live result URL instead of submitting again, and warns about a
-    submission whose outcome was uncertain (see the README, "Retries never bill twice").
+    submission whose outcome was uncertain (see docs/operator.md, "Retries never bill twice").
 
     Values written out in the DAG file are validated when the DAG is parsed; anything Airflow
     resolves later (templates, XComArgs, mapped arguments) when the task starts. Either way, a bad

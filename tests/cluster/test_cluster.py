@@ -248,7 +248,7 @@ def test_a_worker_killed_mid_batch_is_retried_and_reattaches(
     (row,) = cluster.task_instances(DAG_ID, run_id)
     assert row["try_number"] >= 2, "the killed try was not retried"
     # The retry found what the killed try submitted: in the task state store on Airflow 3.3+, in the
-    # ledger under output_path before (README, compatibility).
+    # ledger under output_path before (docs/compatibility.md).
     assert emulator.stats()["submissions_by_image"] == dict.fromkeys(images, 1)
     _assert_files(tmp_path, 16)
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
