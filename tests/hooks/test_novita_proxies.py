@@ -223,6 +223,12 @@ class tls_front:
         async def stop() -> None:
             self.server.close()
             await self.server.wait_closed()
+            # Relays still piping (the client's keep-alive connection) end here, while their loop
+            # runs: left pending, they would be closed by the collector after the loop is gone.
+            relays = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for relay in relays:
+                relay.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
