@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -157,6 +158,10 @@ async def test_many_triggers_never_block_the_event_loop(
     200 triggers of 2 tasks each, polling every second, run beside a 10 ms heartbeat; no beat may
     come later than the triggerer's own warning threshold (0.2 s). The tight figures belong to
     benchmarks/, not here.
+
+    A beat's lateness leaves out the time the loop's thread waited for a CPU: on a machine busy with
+    other work that is the machine's load, not the loop being blocked. Anything the loop itself does,
+    computing or waiting on a blocking call, still counts.
     """
     created: list[clients.SharedClient] = []
     real_shared = clients.SharedClient
@@ -178,9 +183,10 @@ async def test_many_triggers_never_block_the_event_loop(
     batches = [[_submit(fake) for _ in range(2)] for _ in range(200)]
     for task_id in fake.scripts:
         fake.scripts[task_id] = (PROCESSING, SUCCEED)
-    # A triggerer has imported Airflow's connection machinery long before; do the same here so that
-    # one-off imports are not counted as the provider blocking the loop.
+    # A triggerer has imported Airflow's connection machinery and made its SSL context long before;
+    # do the same here so that one-off work is not counted as the provider blocking the loop.
     await NovitaHook("novita_default").asettings()
+    await clients.ashared_ssl_context()
     # A full garbage collection over this process's heap (pytest plus Airflow, hundreds of thousands
     # of objects) stalls any event loop for ~0.1 s, whatever runs on it. Freezing what exists now,
     # as long-running servers do, keeps this test about the provider's own code.
@@ -192,12 +198,12 @@ async def test_many_triggers_never_block_the_event_loop(
 
     async def heartbeat() -> None:
         nonlocal worst_gap
-        last = time.perf_counter()
+        last, queued_before = time.perf_counter(), _waited_for_a_cpu()
         while not stop.is_set():
             await asyncio.sleep(0.01)
-            now = time.perf_counter()
-            worst_gap = max(worst_gap, now - last - 0.01)
-            last = now
+            now, queued = time.perf_counter(), _waited_for_a_cpu()
+            worst_gap = max(worst_gap, now - last - (queued - queued_before) - 0.01)
+            last, queued_before = now, queued
 
     beat = asyncio.create_task(heartbeat())
     events = await asyncio.gather(
@@ -212,13 +218,18 @@ async def test_many_triggers_never_block_the_event_loop(
     assert worst_gap < 0.2, f"event loop blocked for {worst_gap:.3f}s"
 
 
+def _waited_for_a_cpu() -> float:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux's schedstat)."""
+    return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+
+
 async def test_a_waiting_trigger_keeps_few_objects_for_the_garbage_collector(fake: FakeNovita) -> None:
     """
     What a trigger keeps alive while it waits, beyond what a bare ``asyncio.sleep`` in its place
     keeps, in objects the garbage collector tracks. A thousand triggers deferred at once bring a
     thousand times that into the oldest generation, and enough of it sets off a full collection over
     the triggerer's whole heap, a stall of about 100 ms (benchmarks/triggerer_polling.py). Counted,
-    not timed; with generator-based context managers and a random generator per batch it was 23.
+    not timed.
     """
     # What a triggerer has done long before: imports, the connection lookup, the SSL context.
     await NovitaHook("novita_default").asettings()
