@@ -230,6 +230,7 @@ def main() -> int:
         help="where report.json and summary.json go",
     )
     args = parser.parse_args()
+    commit = _commit()  # what runs is what was checked out at the start
     args.output.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="novita-soak-"))
     files = workdir / "images"
@@ -273,7 +274,7 @@ def main() -> int:
     kinds = Counter(outcome["outcome"].split(":")[0] for outcome in outcomes)
     report = {
         "command": " ".join(["python -m tests.cluster.soak", *sys.argv[1:]]),
-        "commit": _commit(),
+        "commit": commit,
         "airflow_version": airflow.__version__,
         "seed": args.seed,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
