@@ -163,6 +163,9 @@ def image_outcomes(
     outcomes = []
     for row in cluster.task_instances(DAG_ID, run_id):
         batch = images[row["map_index"] * batch_size : (row["map_index"] + 1) * batch_size]
+        job_failed = any(
+            image in last_task and last_task[image]["status"] == "TASK_STATUS_FAILED" for image in batch
+        )
         records: list[dict[str, Any]] = []
         if row["state"] == "success":
             records = cluster.records(DAG_ID, run_id, row["map_index"])
@@ -177,8 +180,12 @@ def image_outcomes(
                 outcome = f"hung: task instance {row['state']}"
             elif task is not None and task["status"] == "TASK_STATUS_FAILED":
                 outcome = f"failed: {task['reason']}"
-            else:
+            elif job_failed:
                 outcome = "failed with its batch: another image of the task instance failed"
+            else:
+                # No Novita job of the batch failed: its tries ran out on something else (an uncertain
+                # submission on every try, a deadline); its task log says which.
+                outcome = "failed with its batch: its task instance used up its tries; see its log"
             outcomes.append({"image": image, "map_index": row["map_index"], "outcome": outcome})
     return outcomes
 
