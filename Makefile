@@ -24,7 +24,7 @@ SOAK_ARGS ?= --seed 20261125 --images 1000 --batch-size 10
 SOAK_AIRFLOW ?= $(AIRFLOW_NEWEST)
 SOAK_VENV := $(if $(filter $(AIRFLOW_NEWEST),$(SOAK_AIRFLOW)),$(VENV),.venv-$(SOAK_AIRFLOW))
 
-.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick soak soak-airflow-unknown clean
+.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick benchmark-cold soak soak-airflow-unknown clean
 
 # venv VENV_DIR AIRFLOW_VERSION CONSTRAINTS EXTRA: a virtual environment with the provider (editable) and EXTRA.
 define venv
@@ -69,6 +69,11 @@ benchmark: $(BENCH)
 	$(BENCH_PYTHON) benchmarks/worker_submissions.py --output $(BENCHMARK_OUTPUT)/worker_submissions.json
 	$(BENCH_PYTHON) benchmarks/import_cost.py --output $(BENCHMARK_OUTPUT)/import_cost.json
 	$(BENCH_PYTHON) benchmarks/deferral_slots.py --output $(BENCHMARK_OUTPUT)/deferral_slots.json $(SLOTS_ARGS)
+
+# The first TaskResultTrigger run in a fresh process, beside a second one, on every tested Airflow.
+benchmark-cold: $(NEWEST) $(foreach v,$(AIRFLOW_OLDER),.venv-$(v)/.installed-$(v))
+	$(VENV)/bin/python benchmarks/cold_trigger.py
+	$(foreach v,$(AIRFLOW_OLDER),.venv-$(v)/bin/python benchmarks/cold_trigger.py;)
 
 # A smoke run of the triggerer benchmark (about 2 minutes); its figures mean nothing.
 benchmark-quick: $(BENCH)
