@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 LEDGER_PREFIX = ".novita-ledger-"
 _SUFFIX = ".json"
-# What a retry is told about an entry it cannot read: a crash mid-write, or someone else's hand. The
+# What a retry is told about an entry it cannot parse: a crash mid-write, or someone else's hand. The
 # id may have arrived, so Novita may have billed a task: reported as an uncertain submission.
 _UNREADABLE = {"uncertain": "its ledger entry could not be read"}
 
@@ -84,9 +84,11 @@ class SubmissionLedger:
 
 
 def _entry(path: ObjectStoragePath) -> dict[str, Any]:
+    # A store that fails to answer raises here, and the try fails before submitting anything: taking
+    # it for an uncertain entry would resubmit, and bill, an image whose task may be running.
     try:
         value = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except ValueError:
         return dict(_UNREADABLE)
     if isinstance(value, dict) and (
         isinstance(value.get("task_id"), str) or isinstance(value.get("uncertain"), str)

@@ -86,3 +86,17 @@ def test_an_entry_that_cannot_be_read_is_an_uncertain_submission(root: ObjectSto
     assert SubmissionLedger(root, FakeTaskInstance()).get(NAME) == {
         "uncertain": "its ledger entry could not be read"
     }
+
+
+def test_a_store_that_fails_to_answer_fails_the_lookup_instead_of_resubmitting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = ObjectStoragePath(f"file://{tmp_path}/out/")
+    SubmissionLedger(root, FakeTaskInstance()).set(NAME, {"task_id": "t-1"})
+
+    def unavailable(self: object, *args: object, **kwargs: object) -> str:
+        raise OSError("503 Slow Down")
+
+    monkeypatch.setattr(type(root / "entry.json"), "read_text", unavailable)
+    with pytest.raises(OSError, match="Slow Down"):
+        SubmissionLedger(root, FakeTaskInstance()).get(NAME)
