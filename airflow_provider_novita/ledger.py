@@ -27,6 +27,8 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_novita.storage import make_folder
+
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
     from airflow.sdk.types import RuntimeTaskInstanceProtocol
@@ -57,6 +59,7 @@ class SubmissionLedger:
         instance = f"{ti.dag_id}\n{ti.run_id}\n{ti.task_id}\n{ti.map_index}"
         self._folder = root / f"{LEDGER_PREFIX}{_digest(instance)}"
         self._entries: dict[str, dict[str, Any]] | None = None
+        self._folder_made = False
 
     def get(self, name: str) -> dict[str, Any]:
         """What an earlier try recorded for ``name``; empty when it recorded nothing."""
@@ -66,8 +69,9 @@ class SubmissionLedger:
 
     def set(self, name: str, value: dict[str, Any]) -> None:
         """Record ``value`` for ``name`` at once: a crash right after must not lose it."""
-        if self._folder.protocol in ("file", "local"):
-            self._folder.mkdir(parents=True, exist_ok=True)
+        if not self._folder_made:
+            make_folder(self._folder)
+            self._folder_made = True
         (self._folder / f"{_digest(name)}{_SUFFIX}").write_text(json.dumps(value))
 
     def clear(self) -> None:

@@ -197,8 +197,7 @@ def persist_results(
     :param transport: what carries the downloads; tests pass one to serve results without a network.
     """
     root = output_root(output_path)
-    if root.protocol in ("file", "local"):
-        root.mkdir(parents=True, exist_ok=True)
+    make_folder(root)
     paths = []
     with _plain_client(DOWNLOAD_TIMEOUT, proxy, transport) as client:
         for result, destination in zip(results, destinations, strict=True):
@@ -212,6 +211,12 @@ def persist_results(
                 log.info("Saved Novita task %s result to %s (%d bytes)", task_id, target, size)
             paths.append(str(target))
     return paths
+
+
+def make_folder(folder: ObjectStoragePath) -> None:
+    """Create ``folder`` where folders exist (a local disk); object stores have none to create."""
+    if folder.protocol in ("file", "local"):
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def url_answers(
