@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-source-pixels", type=int, default=defaults.max_source_pixels, help="source pixel cap")
     add("--fetch-timeout", type=float, default=defaults.fetch_timeout, help="source download time limit")
     add("--workers", type=int, default=defaults.workers, help="threads decoding/resizing/encoding")
+    add("--cache-results", action="store_true", help="upscale each distinct source once and share the result")
     return parser
 
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             max_source_pixels=args.max_source_pixels,
             fetch_timeout=args.fetch_timeout,
             workers=args.workers,
+            cache_results=args.cache_results,
         )
     except ValueError as exc:
         raise SystemExit(f"novita-emulator: {exc}") from None

@@ -27,6 +27,11 @@ class EmulatorConfig:
         max_source_pixels: width x height cap, checked from the image header before any decoding.
         fetch_timeout: total seconds allowed to download a source image.
         workers: size of the thread pool that decodes, resizes and encodes.
+        cache_results: produce each distinct result (same source bytes, resolution and format) once and
+            serve it to every task that asks for it again. Every task still downloads its source and
+            is timed as usual; only the decode, resize and encode are shared, so a soak of thousands
+            of copies of one sample does not spend this machine's CPU on thousands of equal upscales.
+            Off by default: every task upscales, as the service does.
 
     Timing:
         queue_seconds: how long a task reports ``TASK_STATUS_QUEUED``.
@@ -65,6 +70,7 @@ class EmulatorConfig:
     max_source_pixels: int = 40_000_000
     fetch_timeout: float = 20.0
     workers: int = 2
+    cache_results: bool = False
     queue_seconds: float = 0.2
     job_duration: float | tuple[float, float] = 3.0
     seed: int = 0

@@ -9,6 +9,7 @@ decode/resize/encode to a bounded thread pool, so polls stay fast while images a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -60,6 +61,9 @@ class EmulatorService:
         self._tasks = TaskStore(config, clock)
         self._outputs = OutputStore(config, clock)
         self._jobs: set[asyncio.Task[None]] = set()
+        # With config.cache_results: (source digest, resolution, format) -> the upscale making it,
+        # shared from the start, so that tasks submitted together wait for one upscale, not one each.
+        self._results: dict[tuple[bytes, str, str], asyncio.Future[bytes]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._http: httpx.AsyncClient | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -101,6 +105,7 @@ class EmulatorService:
         await self._cancel_jobs()
         self._tasks.reset()
         self._outputs.reset()
+        self._results.clear()
         self.faults.reset()
         self._reset_counters()
 
@@ -145,9 +150,7 @@ class EmulatorService:
         config = self.config
         try:
             source = await fetch_source(http, task.image, config.max_source_bytes, config.fetch_timeout)
-            content = await asyncio.get_running_loop().run_in_executor(
-                pool, upscale, source, task.resolution, task.output_format, config.max_source_pixels
-            )
+            content = await self._produce(source, task, pool)
         except SourceImageError as exc:
             self._tasks.finish(task, failure_reason=exc.reason)
             return
@@ -159,6 +162,17 @@ class EmulatorService:
         name = f"{task.task_id}.{task.output_format}"
         available_at = self._tasks.finish(task, output_name=name)
         self._outputs.put(name, content, OUTPUT_CONTENT_TYPES[task.output_format], available_at)
+
+    async def _produce(self, source: bytes, task: Task, pool: ThreadPoolExecutor) -> bytes:
+        produced = asyncio.get_running_loop().run_in_executor
+        args = (source, task.resolution, task.output_format, self.config.max_source_pixels)
+        if not self.config.cache_results:
+            return await produced(pool, upscale, *args)
+        key = (hashlib.sha256(source).digest(), task.resolution, task.output_format)
+        if key not in self._results:
+            self._results[key] = produced(pool, upscale, *args)
+        # Shielded: a cancelled job must not cancel the upscale that other tasks are waiting for.
+        return await asyncio.shield(self._results[key])
 
     def result(self, task_id: str, base_url: str) -> dict[str, Any] | None:
         """The documented task-result body, or None for an unknown task id."""

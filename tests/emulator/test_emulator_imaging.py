@@ -5,11 +5,19 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from PIL import Image
 
+from airflow_provider_novita.emulator import service
 from airflow_provider_novita.emulator.imaging import SourceImageError, upscale
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .conftest import EmulatorApi
 
 
 def encode(image: Image.Image, pillow_format: str, **options: object) -> bytes:
@@ -93,3 +101,33 @@ def test_every_common_mode_becomes_a_jpeg(mode: str) -> None:
     result = decoded(upscale(source, "2k", "jpeg", 40_000_000))
 
     assert (result.format, result.mode, result.size) == ("JPEG", "RGB", (2048, 1536))
+
+
+@pytest.mark.parametrize(("cache_results", "upscales"), [(False, 3), (True, 2)])
+def test_cache_results_upscales_each_distinct_source_once(
+    api_factory: Callable[..., EmulatorApi],
+    monkeypatch: pytest.MonkeyPatch,
+    cache_results: bool,
+    upscales: int,
+) -> None:
+    calls: list[str] = []
+
+    def counted(source: bytes, resolution: str, output_format: str, max_pixels: int) -> bytes:
+        calls.append(resolution)
+        return upscale(source, resolution, output_format, max_pixels)
+
+    monkeypatch.setattr(service, "upscale", counted)
+    api = api_factory(cache_results=cache_results, job_duration=0.1, queue_seconds=0.0)
+    # The same bytes behind two URLs, then another resolution of them: two distinct results.
+    tasks = [
+        api.submit_ok(f"{api.sample_url()}?copy=1", resolution="2k"),
+        api.submit_ok(f"{api.sample_url()}?copy=2", resolution="2k"),
+        api.submit_ok(f"{api.sample_url()}?copy=3", resolution="4k"),
+    ]
+    results = [api.wait(task_id) for task_id in tasks]
+    contents = [httpx.get(result["images"][0]["image_url"]).content for result in results]
+
+    assert len(calls) == upscales
+    assert contents[0] == contents[1] != contents[2]
+    assert decoded(contents[2]).size == (4096, 2304)
+    assert api.stats()["submissions_by_image"] == {f"{api.sample_url()}?copy={n}": 1 for n in (1, 2, 3)}
