@@ -19,12 +19,16 @@ BENCHMARK_OUTPUT ?= benchmarks/results
 SLOTS_ARGS ?=
 BENCHMARK_ARGS ?=
 # The chaos soak's seed and size (tests/cluster/soak.py --help), and the Airflow it runs on (one of the
-# tested versions); its report goes to soak-output/<version>/.
+# tested versions); its report goes to soak-output/<version>/ (soak-output/<version>-large/ for soak-large).
 SOAK_ARGS ?= --seed 20261125 --images 1000 --batch-size 10
+# The 10,000-image run: the README's recommended layout, the emulator's imaging cheap, py-spy on Airflow.
+SOAK_LARGE_ARGS ?= --seed 20261202 --images 10000 --batch-size 100 --cache-results --profile
+# py-spy, for soak-large's --profile: a tool of the soak only, installed into its environment when it runs.
+PY_SPY := py-spy==0.4.3
 SOAK_AIRFLOW ?= $(AIRFLOW_NEWEST)
 SOAK_VENV := $(if $(filter $(AIRFLOW_NEWEST),$(SOAK_AIRFLOW)),$(VENV),.venv-$(SOAK_AIRFLOW))
 
-.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick benchmark-cold soak soak-airflow-unknown clean
+.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick benchmark-cold soak soak-large soak-airflow-unknown clean
 
 # venv VENV_DIR AIRFLOW_VERSION CONSTRAINTS EXTRA: a virtual environment with the provider (editable) and EXTRA.
 define venv
@@ -82,8 +86,14 @@ benchmark-quick: $(BENCH)
 # 1,000 images through the Celery cluster of tests/cluster while a triggerer and the worker are killed
 # (about 10 minutes; needs the local PostgreSQL and Redis). Not part of `make test`.
 # `make soak SOAK_AIRFLOW=3.1.8` runs it on an older tested Airflow.
-soak: $(if $(filter $(SOAK_AIRFLOW),$(AIRFLOW_NEWEST) $(AIRFLOW_OLDER)),$(SOAK_VENV)/.installed-$(SOAK_AIRFLOW),soak-airflow-unknown)
+SOAK_ENV := $(if $(filter $(SOAK_AIRFLOW),$(AIRFLOW_NEWEST) $(AIRFLOW_OLDER)),$(SOAK_VENV)/.installed-$(SOAK_AIRFLOW),soak-airflow-unknown)
+
+soak: $(SOAK_ENV)
 	$(SOAK_VENV)/bin/python -m tests.cluster.soak $(SOAK_ARGS) --output soak-output/$(SOAK_AIRFLOW)
+
+soak-large: $(SOAK_ENV)
+	$(SOAK_VENV)/bin/python -m pip install --quiet "$(PY_SPY)"
+	$(SOAK_VENV)/bin/python -m tests.cluster.soak $(SOAK_LARGE_ARGS) --output soak-output/$(SOAK_AIRFLOW)-large
 
 soak-airflow-unknown:
 	@echo "SOAK_AIRFLOW=$(SOAK_AIRFLOW): it must be one of the tested versions, $(AIRFLOW_NEWEST) $(AIRFLOW_OLDER)"; exit 2

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -37,20 +36,21 @@ import airflow
 
 from airflow_provider_novita.emulator import EmulatorConfig, EmulatorServer
 from tests.cluster.harness import DAG_ID, TRIGGERERS, WORKER, Cluster, celery_cluster, places_holding
-from tests.deployment import session_members, wait_for
+from tests.cluster.meters import SELF, ComponentMeter, ProviderProfile
+from tests.deployment import wait_for
 
 API_KEY = "sk-soak-secret-9191"
 CONN_ID = "novita_soak"
 HUNG_AFTER = 3600.0
 PROGRESS_EVERY = 15.0
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
-def emulator_config(seed: int) -> EmulatorConfig:
+def emulator_config(seed: int, cache_results: bool) -> EmulatorConfig:
     return EmulatorConfig(
         api_key=API_KEY,
         seed=seed,
+        cache_results=cache_results,
         job_duration=(2.0, 60.0),
         failure_rate=0.05,
         rate_limit_rate=0.10,
@@ -60,50 +60,6 @@ def emulator_config(seed: int) -> EmulatorConfig:
         drop_rate=0.02,
         lost_answer_rate=0.02,
     )
-
-
-class TriggererMeter:
-    """CPU seconds and peak RSS of every triggerer process (and its children), read from /proc.
-
-    Sampled in a thread every second; a killed process's CPU counts up to its last sample.
-    """
-
-    def __init__(self, cluster: Cluster) -> None:
-        self._cluster = cluster
-        self._cpu_by_pid: dict[int, float] = {}
-        self.peak_rss_mb: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> TriggererMeter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def cpu_seconds(self) -> float:
-        return sum(self._cpu_by_pid.values())
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            for label, process in list(self._cluster.deployment.processes.items()):
-                if label in TRIGGERERS:
-                    self._sample(label, session_members(process.pid))
-
-    def _sample(self, label: str, pids: list[int]) -> None:
-        rss = 0.0
-        for pid in pids:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-                statm = Path(f"/proc/{pid}/statm").read_text().split()
-            except OSError:
-                continue
-            self._cpu_by_pid[pid] = (int(stat[11]) + int(stat[12])) / CLOCK_TICKS  # utime + stime
-            rss += int(statm[1]) * PAGE_SIZE / 2**20
-        self.peak_rss_mb[label] = max(self.peak_rss_mb.get(label, 0.0), rss)
 
 
 def chaos(cluster: Cluster, run_id: str, events: list[str], started: float) -> None:
@@ -223,7 +179,78 @@ def _commit() -> str:
     return commit.stdout.decode().strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def main() -> int:
+def table_sizes(cluster: Cluster) -> dict[str, int]:
+    """Bytes of every table of the metadata database, with its indexes and TOAST."""
+    rows = cluster.deployment.query(
+        "SELECT relname AS name, pg_total_relation_size(relid) AS bytes FROM pg_stat_user_tables"
+    )
+    return {row["name"]: int(row["bytes"]) for row in rows}
+
+
+def database_growth(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    grown = {name: size - before.get(name, 0) for name, size in after.items()}
+    largest = sorted(grown.items(), key=lambda item: -item[1])[:8]
+    return {"bytes": sum(grown.values()), "largest_growth_by_table": dict(largest)}
+
+
+def xcom_figures(cluster: Cluster, run_id: str, images: int) -> dict[str, Any]:
+    """The run's XCom rows and bytes (their JSON text) by task and key, and the bytes per image."""
+    rows = cluster.deployment.query(
+        """
+        SELECT task_id, key, count(*) AS n, sum(octet_length(value::text)) AS bytes
+        FROM xcom WHERE dag_id = %s AND run_id = %s GROUP BY task_id, key ORDER BY task_id, key
+        """,
+        DAG_ID,
+        run_id,
+    )
+    total = sum(int(row["bytes"] or 0) for row in rows)
+    return {
+        "bytes": total,
+        "bytes_per_image": round(total / images, 1),
+        "by_task_and_key": {
+            f"{row['task_id']}.{row['key']}": {"rows": row["n"], "bytes": int(row["bytes"] or 0)}
+            for row in rows
+        },
+    }
+
+
+def task_log_figures(cluster: Cluster, run_id: str, images: int) -> dict[str, Any]:
+    """Bytes and lines of the run's task and trigger logs, lines by level, and bytes per image."""
+    levels: Counter[str] = Counter()
+    size = 0
+    for path in (cluster.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}").rglob("*.log*"):
+        text = path.read_text(errors="replace")
+        size += len(text.encode())
+        for line in text.splitlines():
+            try:
+                levels[str(json.loads(line).get("level", "none"))] += 1
+            except (ValueError, AttributeError):
+                levels["not json"] += 1
+    return {"bytes": size, "bytes_per_image": round(size / images, 1), "lines_by_level": dict(levels)}
+
+
+def cpu_figures(meter: ComponentMeter, profile: ProviderProfile | None) -> dict[str, Any]:
+    """CPU and RSS per component; with the profile, the provider's share and CPU seconds in each."""
+    components: dict[str, dict[str, Any]] = meter.figures()
+    shares = profile.shares() if profile is not None else {}
+    provider = 0.0
+    for label, share in shares.items():
+        components[label].update(share)
+        provider += components[label]["cpu_seconds"] * (share["provider_share"] or 0.0)
+    # The deployment's CPU: what Airflow, its database and broker spent; not the emulator's or py-spy's.
+    deployment = sum(
+        figures["cpu_seconds"] for label, figures in components.items() if label not in (SELF, "py-spy")
+    )
+    return {
+        "components": components,
+        "machine_busy_cpu_seconds": round(meter.machine_busy_seconds, 1),
+        "deployment_cpu_seconds": round(deployment, 1),
+        "provider_cpu_seconds": round(provider, 1) if shares else None,
+        "provider_share_of_deployment_cpu": round(provider / deployment, 4) if shares else None,
+    }
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -231,74 +258,123 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument(
+        "--cache-results",
+        action="store_true",
+        help="the emulator upscales each distinct source once (its cache_results): cheap imaging",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every Airflow component with py-spy for the provider's share of the CPU",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=Path("soak-output"),
         help="where report.json and summary.json go",
     )
     args = parser.parse_args()
-    commit = _commit()  # what runs is what was checked out at the start
-    args.output.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="novita-soak-"))
+    if args.profile and not PY_SPY.is_file():
+        parser.error(f"--profile needs py-spy at {PY_SPY}: pip install py-spy")
+    return args
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Start the emulator and the cluster, run the DAG through the chaos, and measure it."""
     files = workdir / "images"
     events: list[str] = []
-    with EmulatorServer(emulator_config(args.seed)) as emulator:
-        images = [f"{emulator.base_url}/samples/landscape.png?image={i:04d}" for i in range(args.images)]
+    profile = ProviderProfile(PY_SPY, workdir / "profile") if args.profile else None
+    with EmulatorServer(emulator_config(args.seed, args.cache_results)) as emulator:
+        images = [f"{emulator.base_url}/samples/landscape.png?image={i:05d}" for i in range(args.images)]
         with celery_cluster(workdir / "home", {CONN_ID: emulator.airflow_conn_json()}) as cluster:
-            started = time.monotonic()
+            tables_before = table_sizes(cluster)
             conf = {
                 "conn_id": CONN_ID,
                 "images": images,
                 "batch_size": args.batch_size,
                 "output_path": f"file://{files}/",
             }
-            run_id = cluster.trigger_run(DAG_ID, conf)
-            with TriggererMeter(cluster) as meter:
-                chaos_thread = threading.Thread(
-                    target=chaos, args=(cluster, run_id, events, started), daemon=True
-                )
-                chaos_thread.start()
-                finished = threading.Event()
-                watcher = threading.Thread(
-                    target=progress,
-                    args=(emulator, files, args.images, events, started, finished),
-                    daemon=True,
-                )
-                watcher.start()
-                try:
-                    state = cluster.wait_run(DAG_ID, run_id, HUNG_AFTER)
-                except AssertionError as timeout:
-                    state = f"not final: {timeout}"
-                finished.set()
-                chaos_thread.join(timeout=60)
-                watcher.join()
-            wall = time.monotonic() - started
+            try:
+                with ComponentMeter(cluster.deployment, profile) as meter:
+                    started = time.monotonic()
+                    run_id = cluster.trigger_run(DAG_ID, conf)
+                    state = watch_run(cluster, emulator, run_id, args.images, files, events, started)
+                    wall = time.monotonic() - started
+            finally:
+                if profile is not None:
+                    profile.stop()
             tasks = emulator.tasks()
             outcomes = image_outcomes(cluster, run_id, images, args.batch_size, tasks)
-            bills = billing(images, emulator.stats(), tasks)
-            leaks = places_holding(cluster, API_KEY.encode(), workdir)
-            stats = emulator.stats()
+            return {
+                "dag_run_state": state,
+                "outcomes": outcomes,
+                "billing": billing(images, emulator.stats(), tasks),
+                "key_found_in": places_holding(cluster, API_KEY.encode(), workdir),
+                "chaos": events,
+                "wall_seconds": round(wall, 1),
+                **cpu_figures(meter, profile),
+                "metadata_db_growth": database_growth(tables_before, table_sizes(cluster)),
+                "xcom": xcom_figures(cluster, run_id, args.images),
+                "task_logs": task_log_figures(cluster, run_id, args.images),
+                "emulator": emulator.stats(),
+            }
+
+
+def watch_run(
+    cluster: Cluster,
+    emulator: EmulatorServer,
+    run_id: str,
+    images: int,
+    files: Path,
+    events: list[str],
+    started: float,
+) -> str:
+    """Wait for the run with the chaos and the progress line beside it; returns its final state."""
+    chaos_thread = threading.Thread(target=chaos, args=(cluster, run_id, events, started), daemon=True)
+    chaos_thread.start()
+    finished = threading.Event()
+    watcher = threading.Thread(
+        target=progress, args=(emulator, files, images, events, started, finished), daemon=True
+    )
+    watcher.start()
+    try:
+        state = cluster.wait_run(DAG_ID, run_id, HUNG_AFTER)
+    except AssertionError as timeout:
+        state = f"not final: {timeout}"
+    finished.set()
+    chaos_thread.join(timeout=60)
+    watcher.join()
+    return state
+
+
+def main() -> int:
+    args = parse_args()
+    commit = _commit()  # what runs is what was checked out at the start
+    args.output.mkdir(parents=True, exist_ok=True)
+    measured = run(args, Path(tempfile.mkdtemp(prefix="novita-soak-")))
+    outcomes, bills, leaks = measured.pop("outcomes"), measured["billing"], measured["key_found_in"]
     kinds = Counter(outcome["outcome"].split(":")[0] for outcome in outcomes)
+    components = measured["components"]
+    stats = measured.pop("emulator")
     report = {
         "command": " ".join(["python -m tests.cluster.soak", *sys.argv[1:]]),
         "commit": commit,
         "airflow_version": airflow.__version__,
         "seed": args.seed,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "dag_run_state": state,
         "images": args.images,
         "mapped_tasks": -(-args.images // args.batch_size),
+        "emulator_cache_results": args.cache_results,
         "outcomes": dict(kinds),
         "failed_with_reason": Counter(o["outcome"] for o in outcomes if o["outcome"].startswith("failed")),
         "lost_images": args.images - len(outcomes) + kinds.get("lost", 0),
         "hung_images": kinds.get("hung", 0),
-        "billing": bills,
         "key_found": len(leaks),
-        "key_found_in": leaks,
-        "chaos": events,
-        "wall_seconds": round(wall, 1),
-        "triggerer_cpu_seconds": round(meter.cpu_seconds, 1),
-        "triggerer_peak_rss_mb": {label: round(mb, 1) for label, mb in meter.peak_rss_mb.items()},
+        **measured,
+        "triggerer_cpu_seconds": round(
+            sum(components.get(t, {}).get("cpu_seconds", 0) for t in TRIGGERERS), 1
+        ),
+        "triggerer_peak_rss_mb": {t: components[t]["peak_rss_mb"] for t in TRIGGERERS if t in components},
         "emulator": {
             key: stats[key]
             for key in (
