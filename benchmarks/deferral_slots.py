@@ -1,10 +1,17 @@
 """
-What deferring buys on a real Airflow: 50 images, 2 worker slots, 20 s Novita jobs.
+What deferring and batching buy on a real Airflow: 50 images, 2 worker slots, 20 s Novita jobs.
 
-Issue 9's target: a mapped ``UpscaleOperator`` over 50 images, on an Airflow with 2 worker slots and
-Novita jobs of 20 s, finishes deferrable in at most 1.5x one job's duration, against about 25x
-(50 images / 2 slots x 20 s) when every task waits in its worker slot. This is a benchmark script,
-not a timed test: it prints what it measured.
+The bound is Novita's: however the images are laid out, the run cannot end before one job has run
+(20 s). The target is 1.5x that for the batched layouts. One run per layout, in one process, so the
+figures sit beside each other:
+
+* deferrable, one image per mapped task instance (50 task instances), the layout with the most
+  task start-ups;
+* deferrable, 5 mapped task instances of 10 images, and 1 task of 50 images (``image=`` a list);
+* in the worker, one image per mapped task instance: about 25x (50 images / 2 slots x 20 s) by
+  construction, the peer the deferrable layouts are measured beside (``--skip-sync`` leaves it out).
+
+This is a benchmark script, not a timed test: it prints what it measured.
 
 How:
 
@@ -23,13 +30,14 @@ How:
   whose trigger fires soon after its deferral as externally killed (apache/airflow#67287); a retry
   reattaches to the Novita task already submitted (docs/operator.md explains it). The short retry delay
   keeps such a retry from adding Airflow's default 5 minutes to the wall time;
-* each DAG is unpaused and triggered through the REST API, one run after the other (deferrable
-  first), and the metadata database is read every ``--sample-interval`` (0.5 s) until the run is final.
+* each DAG is unpaused and triggered through the REST API, one run after the other (the deferrable
+  layouts first), and the metadata database is read every ``--sample-interval`` (0.5 s) until the
+  run is final.
 
 Figures, per run:
 
 * ``wall``: the DAG run's ``start_date`` to ``end_date`` in the metadata database; ``x job`` divides
-  it by the job duration (the target: <= 1.5 deferrable, about 25 not);
+  it by the job duration (the target: <= 1.5 for the batched layouts, about 25 in the worker);
 * ``max running / deferred / queued``: the most task instances seen at once in each state, sampled
   (a state shorter than the sampling interval can be missed). Running never exceeds the 2 slots;
 * ``retries``: task instances that needed more than one try, and the scheduler log lines of the
@@ -58,8 +66,8 @@ non-deferrable run takes about images / 2 x (job + task start-up): 8+ minutes by
 Every process started here is stopped at the end, also on failure or Ctrl+C: SIGTERM to each
 component, then to what is left in its session, then SIGKILL, each with a bounded wait.
 
-Run: ``python benchmarks/deferral_slots.py [--images 50] [--job-duration 20] [--skip-sync]
-[--output deferral_slots.json]``; ``--keep-home`` keeps the temporary AIRFLOW_HOME and its logs.
+Run: ``python benchmarks/deferral_slots.py [--images 50] [--batch-sizes 1,10,50] [--job-duration 20]
+[--skip-sync] [--output deferral_slots.json]``; ``--keep-home`` keeps the temporary AIRFLOW_HOME and its logs.
 """
 
 from __future__ import annotations
@@ -75,7 +83,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_novita.emulator import EmulatorConfig, EmulatorServer
 
@@ -94,16 +102,33 @@ if TYPE_CHECKING:
 
 API_KEY = "sk-deferral-bench"
 TASK_ID = "upscale"
-DAG_IDS = {True: "novita_bench_deferrable", False: "novita_bench_in_worker"}
 # What the scheduler logs when apache/airflow#67287 strikes (see tests/e2e/test_real_airflow.py).
 STALE_EVENT_MISMATCH = "finished with state success, but the task instance's state attribute is"
 RETRY_DELAY_SECONDS = 2
+
+
+class Layout(NamedTuple):
+    """How the images are laid out: deferrable or not, and how many images each mapped task gets."""
+
+    deferrable: bool
+    batch_size: int
+
+    @property
+    def dag_id(self) -> str:
+        mode = "deferrable" if self.deferrable else "in_worker"
+        return f"novita_bench_{mode}_batch_{self.batch_size}"
+
+    def describe(self, images: int) -> str:
+        tasks = -(-images // self.batch_size)
+        mode = "deferrable" if self.deferrable else "in the worker"
+        return f"{mode}, {tasks} task{'s' if tasks > 1 else ''} x {self.batch_size}"
+
 
 MIGRATE_TIMEOUT = 180.0
 READY_TIMEOUT = 180.0
 
 DAG_FILE = '''\
-"""Written by benchmarks/deferral_slots.py: the same mapped upscale, deferrable or in the worker."""
+"""Written by benchmarks/deferral_slots.py: the same images, mapped in batches, deferrable or not."""
 
 from datetime import timedelta
 
@@ -114,7 +139,11 @@ from airflow_provider_novita.operators.upscale import UpscaleOperator
 
 IMAGES = {images!r}
 
-for dag_id, deferrable in {dags!r}:
+for dag_id, deferrable, batch_size in {dags!r}:
+    if batch_size == 1:
+        mapped = IMAGES
+    else:
+        mapped = [IMAGES[start : start + batch_size] for start in range(0, len(IMAGES), batch_size)]
     with DAG(
         dag_id=dag_id,
         schedule=None,
@@ -129,7 +158,7 @@ for dag_id, deferrable in {dags!r}:
             poll_interval={poll_interval!r},
             retries=2,
             retry_delay=timedelta(seconds={retry_delay!r}),
-        ).expand(image=IMAGES)
+        ).expand(image=mapped)
     globals()[dag_id] = dag
 '''
 
@@ -149,9 +178,9 @@ def parse_db_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def run_timeout(args: argparse.Namespace, deferrable: bool) -> float:
+def run_timeout(args: argparse.Namespace, layout: Layout) -> float:
     """Generous bounds that catch a hang; they measure nothing."""
-    if deferrable:
+    if layout.deferrable:
         return 3 * args.job_duration + 10 * args.images + 300
     return math.ceil(args.images / args.parallelism) * (args.job_duration + 30) + 300
 
@@ -161,9 +190,9 @@ def measure_run(
     client: httpx.Client,
     emulator: EmulatorServer,
     args: argparse.Namespace,
-    deferrable: bool,
+    layout: Layout,
 ) -> dict[str, Any]:
-    dag_id = DAG_IDS[deferrable]
+    dag_id = layout.dag_id
     emulator.reset()  # counters and tasks of this run only
     unpause = client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
     unpause.raise_for_status()
@@ -172,12 +201,11 @@ def measure_run(
     created = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
     created.raise_for_status()
     run_id = created.json()["dag_run_id"]
-    mode = "deferrable" if deferrable else "in the worker"
-    print(f"Triggered {dag_id} ({mode}), run {run_id}", file=sys.stderr, flush=True)
+    print(f"Triggered {dag_id}, run {run_id}", file=sys.stderr, flush=True)
 
     samples: list[dict[str, Any]] = []
     states_seen: dict[int, set[str]] = {}
-    deadline = triggered_mono + run_timeout(args, deferrable)
+    deadline = triggered_mono + run_timeout(args, layout)
     final_state = "timeout"
     last_print = 0.0
     while time.monotonic() < deadline:
@@ -211,7 +239,7 @@ def measure_run(
         args,
         dag_id=dag_id,
         run_id=run_id,
-        deferrable=deferrable,
+        layout=layout,
         final_state=final_state,
         samples=samples,
         states_seen=states_seen,
@@ -226,7 +254,7 @@ def summarise_run(
     *,
     dag_id: str,
     run_id: str,
-    deferrable: bool,
+    layout: Layout,
     final_state: str,
     samples: list[dict[str, Any]],
     states_seen: dict[int, set[str]],
@@ -266,9 +294,11 @@ def summarise_run(
     # Each task instance takes a worker slot once to submit and, deferrable, once more to resume;
     # every earlier try took one more. The task logs show each of those runs.
     logged = logged_worker_runs(cluster.home, dag_id, run_id)
-    worker_runs = len(logged) or len(tis) * (2 if deferrable else 1) + history
+    worker_runs = len(logged) or len(tis) * (2 if layout.deferrable else 1) + history
     return {
-        "mode": "deferrable" if deferrable else "in the worker",
+        "mode": layout.describe(args.images),
+        "deferrable": layout.deferrable,
+        "batch_size": layout.batch_size,
         "dag_id": dag_id,
         "run_id": run_id,
         "state": final_state,
@@ -334,11 +364,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         return "-" if value is None else format(value, spec)
 
     print(
-        f"\n{args.images} images as {args.images} mapped task instances, {args.parallelism} worker slots "
-        f"(LocalExecutor), {args.job_duration:g} s Novita jobs, poll_interval {args.poll_interval:g} s:\n"
+        f"\n{args.images} images, {args.parallelism} worker slots (LocalExecutor), "
+        f"{args.job_duration:g} s Novita jobs, poll_interval {args.poll_interval:g} s:\n"
     )
     print(
-        "| mode | run | wall s | x job | max running / deferred / queued | TIs retried (race lines) "
+        "| layout | run | wall s | x job | max running / deferred / queued | TIs retried (race lines) "
         "| submissions | all submitted s | last job -> end s | worker runs | slot s per run "
         "| logged s per run (max) | CPU busy |"
     )
@@ -356,7 +386,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         )
     ideal_sync = math.ceil(args.images / args.parallelism)
     print(
-        f"\nTargets: deferrable <= 1.5 x job ({1.5 * args.job_duration:g} s); in the worker about "
+        f"\nTargets: batched layouts <= 1.5 x job ({1.5 * args.job_duration:g} s); in the worker about "
         f"{ideal_sync} x job ({ideal_sync * args.job_duration:g} s) by construction."
     )
     for row in rows:
@@ -377,11 +407,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=int, default=50, help="images, one per mapped task instance (50)")
+    parser.add_argument("--images", type=int, default=50, help="images in each run (50)")
+    parser.add_argument(
+        "--batch-sizes",
+        default="1,10,50",
+        help="images per mapped task of the deferrable runs, comma-separated (1,10,50)",
+    )
     parser.add_argument("--job-duration", type=float, default=20.0, help="seconds per Novita job (20)")
     parser.add_argument("--poll-interval", type=float, default=2.0, help="the operator's poll_interval (2)")
     parser.add_argument("--parallelism", type=int, default=2, help="[core] parallelism: worker slots (2)")
-    parser.add_argument("--skip-sync", action="store_true", help="only the deferrable run")
+    parser.add_argument("--skip-sync", action="store_true", help="only the deferrable runs")
     parser.add_argument("--skip-deferrable", action="store_true", help="only the run in the worker")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between DB reads (0.5)")
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary AIRFLOW_HOME and logs")
@@ -389,8 +424,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.images < 1 or args.parallelism < 1 or args.job_duration <= 0:
         parser.error("--images and --parallelism must be at least 1, --job-duration positive")
-    modes = [m for m, skip in ((True, args.skip_deferrable), (False, args.skip_sync)) if not skip]
-    if not modes:
+    try:
+        batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    except ValueError:
+        parser.error(f"--batch-sizes must be whole numbers separated by commas, got {args.batch_sizes!r}")
+    if any(size < 1 for size in batch_sizes):
+        parser.error("--batch-sizes must all be at least 1")
+    layouts = [] if args.skip_deferrable else [Layout(True, size) for size in batch_sizes]
+    layouts += [] if args.skip_sync else [Layout(False, 1)]
+    if not layouts:
         parser.error("--skip-sync and --skip-deferrable together leave nothing to run")
     signal.signal(signal.SIGTERM, stop_on_sigterm)
 
@@ -406,7 +448,7 @@ def main() -> None:
         (home / "dags" / "novita_deferral_bench.py").write_text(
             DAG_FILE.format(
                 images=images,
-                dags=[(DAG_IDS[d], d) for d in modes],
+                dags=[(layout.dag_id, *layout) for layout in layouts],
                 task_id=TASK_ID,
                 poll_interval=args.poll_interval,
                 retry_delay=RETRY_DELAY_SECONDS,
@@ -427,10 +469,10 @@ def main() -> None:
         cluster.start("scheduler")
         cluster.start("triggerer")
         with cluster.client() as client:
-            wait_until_ready(cluster, client, [DAG_IDS[d] for d in modes], READY_TIMEOUT)
+            wait_until_ready(cluster, client, [layout.dag_id for layout in layouts], READY_TIMEOUT)
             print("Airflow is ready.", file=sys.stderr, flush=True)
-            for deferrable in modes:
-                rows.append(measure_run(cluster, client, emulator, args, deferrable))
+            for layout in layouts:
+                rows.append(measure_run(cluster, client, emulator, args, layout))
                 print(f"  -> {rows[-1]['state']} in {rows[-1]['wall']} s", file=sys.stderr, flush=True)
         failed = False
     finally:
