@@ -13,7 +13,7 @@ import pendulum
 from airflow.sdk import Asset
 
 from airflow_provider_novita.exceptions import NovitaError
-from airflow_provider_novita.retry_memory import RetryMemory
+from airflow_provider_novita.retry_memory import RetryMemory, earlier_tries
 from airflow_provider_novita.storage import Destination, persist_results
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def _persist(
     proxy: str | None,
 ) -> list[str]:
     memory = RetryMemory(context, PERSISTED_STATE_KEY)
-    written = {result.task_id: memory.get(result.task_id) for result in results}
+    written = {result.task_id: memory.get(result.task_id) for result in results if earlier_tries(context)}
     return persist_results(
         results,
         [

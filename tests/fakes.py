@@ -147,8 +147,10 @@ class FakeStateStore:
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
         self.writes: list[tuple[str, int]] = []
+        self.reads: list[str] = []
 
     def get(self, key: str, default: Any = None) -> Any:
+        self.reads.append(key)
         return self.values.get(key, default)
 
     def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None:
@@ -162,6 +164,11 @@ def context(store: FakeStateStore | None = None, ti: FakeTaskInstance | None = N
     if store is not None:
         ctx["task_state_store"] = store
     return ctx
+
+
+def retry(store: FakeStateStore | None = None, **extra: Any) -> Any:
+    """The context of a task instance's second try: what an earlier try saved is read only then."""
+    return context(store, ti=FakeTaskInstance(try_number=2), **extra)
 
 
 def error(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> httpx.Response:

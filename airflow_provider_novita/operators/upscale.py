@@ -30,7 +30,7 @@ from airflow_provider_novita.models import (
 from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, PollingPolicy, to_seconds
 from airflow_provider_novita.results import finish_batch, map_index, reused_record
 from airflow_provider_novita.retries import may_have_billed
-from airflow_provider_novita.retry_memory import RetryMemory
+from airflow_provider_novita.retry_memory import RetryMemory, earlier_tries
 from airflow_provider_novita.sources import DEFAULT_SOURCE_URL_EXPIRY, SourceSigner, as_sources
 from airflow_provider_novita.spend import ImageCap, image_cap
 from airflow_provider_novita.storage import Destination, existing_result, output_root, url_answers
@@ -328,7 +328,7 @@ class UpscaleOperator(BaseOperator):
         """
         memory = self._ledger(context) or RetryMemory(context, STATE_STORE_KEY)
         names = [request.identity(position) for position, request in requests]
-        earlier = [memory.get(name) for name in names]
+        earlier = [memory.get(name) if earlier_tries(context) else {} for name in names]
         # Everything that talks to the supervisor happens here, once, before the threads start: the
         # storage connections and filesystems of the sources, and the Novita connection and its pool.
         signer = SourceSigner(self.source_url_expiry)

@@ -14,19 +14,21 @@ import pendulum
 import pytest
 from airflow.sdk import DAG, ObjectStoragePath, task, task_group
 
+from airflow_provider_novita import results
 from airflow_provider_novita.exceptions import (
     NovitaAuthError,
     NovitaError,
     NovitaTaskFailedError,
     NovitaTimeoutError,
 )
+from airflow_provider_novita.ledger import SubmissionLedger
 from airflow_provider_novita.operators import upscale
 from airflow_provider_novita.operators.upscale import UpscaleOperator
 from airflow_provider_novita.storage import Destination, output_name
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 from tests.compat import AirflowFailException, TaskDeferred
 from tests.conftest import API_KEY
-from tests.fakes import FAILED, PROCESSING, SUCCEED, FakeNovita, FakeStateStore, context, error
+from tests.fakes import FAILED, PROCESSING, SUCCEED, FakeNovita, FakeStateStore, context, error, retry
 from tests.s3 import S3Bucket
 from tests.test_sources import signed_for
 
@@ -222,7 +224,7 @@ class TestRetryReattach:
         assert len(fake.submissions) == 2
         fake.scripts = {task_id: (SUCCEED,) for task_id in fake.scripts}
 
-        records = operator(deferrable=False).execute(context(store))  # type: ignore[arg-type]
+        records = operator(deferrable=False).execute(retry(store))  # type: ignore[arg-type]
         assert len(fake.submissions) == 2, "nothing was billed twice"
         assert [r["task_id"] for r in records] == ["task-0", "task-1"]
 
@@ -246,7 +248,7 @@ class TestRetryReattach:
         operator(wait_for_completion=False).execute(context(store))  # type: ignore[arg-type]
         fake.scripts["task-0"] = (FAILED,)
         del fake.scripts["task-1"]  # Novita answers TASK_NOT_FOUND
-        ids = operator(wait_for_completion=False).execute(context(store))  # type: ignore[arg-type]
+        ids = operator(wait_for_completion=False).execute(retry(store))  # type: ignore[arg-type]
         assert ids == ["task-2", "task-3"]
 
     def test_a_success_whose_url_expired_is_submitted_again(self, fake: FakeNovita) -> None:
@@ -254,12 +256,12 @@ class TestRetryReattach:
         fake.completed_at_ms = int((time.time() - 3601) * 1000)  # the fake's URLs live 3600 s
         operator(wait_for_completion=False).execute(context(store))  # type: ignore[arg-type]
         fake.scripts = {task_id: (SUCCEED,) for task_id in fake.scripts}
-        assert operator(wait_for_completion=False).execute(context(store)) == ["task-2", "task-3"]  # type: ignore[arg-type]
+        assert operator(wait_for_completion=False).execute(retry(store)) == ["task-2", "task-3"]  # type: ignore[arg-type]
 
     def test_changed_inputs_are_not_reattached(self, fake: FakeNovita) -> None:
         store = FakeStateStore()
         operator(wait_for_completion=False).execute(context(store))  # type: ignore[arg-type]
-        ids = operator(wait_for_completion=False, resolution="2k").execute(context(store))  # type: ignore[arg-type]
+        ids = operator(wait_for_completion=False, resolution="2k").execute(retry(store))  # type: ignore[arg-type]
         assert ids == ["task-2", "task-3"]
 
     def test_without_a_state_store_or_output_path_every_try_submits(self, fake: FakeNovita) -> None:
@@ -282,7 +284,7 @@ class TestRetryReattachThroughTheLedger:
         assert len(list(ledger.iterdir())) == 2, "one entry per accepted submission"
 
         with pytest.raises(TaskDeferred) as deferred:
-            operator(deferrable=True, output_path=str(tmp_path)).execute(context())
+            operator(deferrable=True, output_path=str(tmp_path)).execute(retry())
         assert len(fake.submissions) == 2, "nothing was billed twice"
         assert deferred.value.trigger.task_ids == ["task-0", "task-1"]
 
@@ -429,7 +431,7 @@ class TestUncertainSubmissions:
 
         capsys.readouterr()
         ids = operator(image=f"{IMAGES[0]}?X-Amz-Signature=s3cr3t", wait_for_completion=False).execute(
-            context(store)
+            retry(store)
         )
         assert ids == ["task-0"]
         logged = capsys.readouterr().out
@@ -468,6 +470,43 @@ class TestStateStoreContents:
         assert len({key for key, _ in store.writes}) == 500
 
 
+class TestFirstTries:
+    """Each read of the memory is a request to Airflow's API server (3.3) or to output_path (the ledger)."""
+
+    def test_a_first_try_reads_nothing_back_and_a_retry_reads_each_image(
+        self, fake: FakeNovita, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def saved(results: Any, destinations: Any, *args: Any, **kwargs: Any) -> list[str]:
+            for result in results:
+                kwargs["on_written"](result.task_id, {"path": f"file:///out/{result.task_id}", "size": 1})
+            return [f"file:///out/{result.task_id}" for result in results]
+
+        monkeypatch.setattr(results, "persist_results", saved)
+        store = FakeStateStore()
+        operator(deferrable=False, output_path=str(tmp_path)).execute(context(store))
+        assert store.reads == []
+        assert len(store.writes) == 4, "a submitted and a persisted entry per image"
+
+        operator(deferrable=False, output_path=str(tmp_path)).execute(retry(store))
+        namespaces = sorted(key.partition("/")[0] for key in store.reads)
+        assert namespaces == ["novita_persisted_results"] * 2 + ["novita_submitted_tasks"] * 2
+        assert len(fake.submissions) == 2
+
+    def test_a_first_try_reads_no_ledger_entry(
+        self, fake: FakeNovita, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        read: list[str] = []
+        real = SubmissionLedger.get
+        monkeypatch.setattr(SubmissionLedger, "get", lambda self, name: read.append(name) or real(self, name))
+        fake.script = (PROCESSING,)
+        with pytest.raises(TaskDeferred):
+            operator(deferrable=True, output_path=str(tmp_path)).execute(context())
+        assert read == []
+        with pytest.raises(TaskDeferred):
+            operator(deferrable=True, output_path=str(tmp_path)).execute(retry())
+        assert len(read) == 2
+
+
 class TestReattachWhenExpiryIsUnknown:
     @pytest.fixture
     def no_expiry(self, fake: FakeNovita) -> FakeNovita:
@@ -483,7 +522,7 @@ class TestReattachWhenExpiryIsUnknown:
         store = FakeStateStore()
         operator(wait_for_completion=False).execute(context(store))
         no_expiry.scripts = {task_id: (SUCCEED,) for task_id in no_expiry.scripts}
-        assert operator(wait_for_completion=False).execute(context(store)) == ["task-0", "task-1"]
+        assert operator(wait_for_completion=False).execute(retry(store)) == ["task-0", "task-1"]
         assert asked == ["https://cdn.test/task-0.jpeg", "https://cdn.test/task-1.jpeg"]
 
     def test_a_url_that_no_longer_answers_is_submitted_again_saying_why(
@@ -493,7 +532,7 @@ class TestReattachWhenExpiryIsUnknown:
         store = FakeStateStore()
         operator(wait_for_completion=False).execute(context(store))
         no_expiry.scripts = {task_id: (SUCCEED,) for task_id in no_expiry.scripts}
-        assert operator(wait_for_completion=False).execute(context(store)) == ["task-2", "task-3"]
+        assert operator(wait_for_completion=False).execute(retry(store)) == ["task-2", "task-3"]
         logged = capsys.readouterr().out
         assert "Not reattaching to Novita task task-0" in logged
         assert "its result URL no longer answers (Novita gave no expiry time)" in logged
@@ -614,7 +653,7 @@ class TestSourcesInObjectStorage:
         store = FakeStateStore()
         first = operator(image=sources, wait_for_completion=False).execute(context(store))
         fake.scripts = {task_id: (SUCCEED,) for task_id in fake.scripts}
-        records = operator(image=sources, deferrable=False).execute(context(store))
+        records = operator(image=sources, deferrable=False).execute(retry(store))
         assert len(fake.submissions) == 2, "a new signature is not a new image"
         assert [record["task_id"] for record in records] == first
         dumped = json.dumps(store.values)
@@ -735,6 +774,6 @@ class TestSpendGuard:
         store = FakeStateStore()
         first = operator(image=list(self.BATCH), wait_for_completion=False).execute(context(store))
         fake.scripts = {task_id: (SUCCEED,) for task_id in fake.scripts}
-        again = self.rendered(max_images=1, wait_for_completion=False).execute(context(store))
+        again = self.rendered(max_images=1, wait_for_completion=False).execute(retry(store))
         assert again == first
         assert len(fake.submissions) == 3
