@@ -46,11 +46,14 @@ PROGRESS_EVERY = 15.0
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
-def emulator_config(seed: int, cache_results: bool) -> EmulatorConfig:
+def emulator_config(seed: int, cache_results: bool, images: int) -> EmulatorConfig:
     return EmulatorConfig(
         api_key=API_KEY,
         seed=seed,
         cache_results=cache_results,
+        # Enough for every image three times: a soak measures resubmissions, not running out of credit
+        # (the default balance pays for 10,000 submissions).
+        credit_balance=max(EmulatorConfig.credit_balance, 3 * images * EmulatorConfig.submission_cost),
         job_duration=(2.0, 60.0),
         failure_rate=0.05,
         rate_limit_rate=0.10,
@@ -161,7 +164,7 @@ def billing(images: list[str], stats: dict[str, Any], tasks: list[dict[str, Any]
         "images_submitted_once": sum(submitted.get(image, 0) == 1 for image in images),
         "histogram": dict(sorted(Counter(submitted.get(image, 0) for image in images).items())),
         "resubmitted_after_failed_job": sum(
-            min(failed[image], submitted.get(image, 0) - 1) for image in images
+            min(failed[image], max(0, submitted.get(image, 0) - 1)) for image in images
         ),
         "lost_answers": sum(lost.values()),
         "unexplained_extra": unexplained,
@@ -284,7 +287,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     files = workdir / "images"
     events: list[str] = []
     profile = ProviderProfile(PY_SPY, workdir / "profile") if args.profile else None
-    with EmulatorServer(emulator_config(args.seed, args.cache_results)) as emulator:
+    with EmulatorServer(emulator_config(args.seed, args.cache_results, args.images)) as emulator:
         images = [f"{emulator.base_url}/samples/landscape.png?image={i:05d}" for i in range(args.images)]
         with celery_cluster(workdir / "home", {CONN_ID: emulator.airflow_conn_json()}) as cluster:
             tables_before = table_sizes(cluster)
