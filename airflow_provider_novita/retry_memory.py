@@ -25,10 +25,10 @@ def earlier_tries(context: Context) -> bool:
     """
     Whether an earlier try of this task instance may have left something: not on its first try.
 
-    A first try reads nothing, because each read of a batch's n entries is a request to Airflow's API
-    server (the task state store) or to ``output_path`` (the ledger): in a run of 10,000 images, the
-    reads that found nothing were a third of all the API server's requests. Airflow never gives a
-    task instance its first try number again (a clear starts a new try).
+    A first try reads nothing back, because each of a batch's n reads is a request to Airflow's API
+    server (the task state store) or to ``output_path`` (the ledger), and at scale those requests are
+    most of the API server's work. Airflow never gives a task instance its first try number again (a
+    clear starts a new try), and a resume from deferral keeps its try's number.
     """
     return int(context["ti"].try_number) > 1
 
