@@ -21,8 +21,8 @@ BENCHMARK_ARGS ?=
 # The chaos soak's seed and size (tests/cluster/soak.py --help), and the Airflow it runs on (one of the
 # tested versions); its report goes to soak-output/<version>/ (soak-output/<version>-large/ for soak-large).
 SOAK_ARGS ?= --seed 20261125 --images 1000 --batch-size 10
-# The 10,000-image run: the README's recommended layout, the emulator's imaging cheap, py-spy on Airflow.
-SOAK_LARGE_ARGS ?= --seed 20261202 --images 10000 --batch-size 100 --cache-results --profile
+# The 10,000-image run: the README's recommended layout, modest faults, the emulator's imaging cheap, py-spy on Airflow.
+SOAK_LARGE_ARGS ?= --seed 20261202 --images 10000 --batch-size 100 --faults modest --cache-results --profile
 # py-spy, for soak-large's --profile: a tool of the soak only, installed into its environment when it runs.
 PY_SPY := py-spy==0.4.3
 SOAK_AIRFLOW ?= $(AIRFLOW_NEWEST)

@@ -3,10 +3,13 @@ The chaos soak (``make soak``): 1,000 images through the Celery cluster while th
 
 Not a test: it takes about a quarter of an hour and prints a report instead of asserting. It runs the
 cluster of ``harness.py`` (CeleryExecutor, PostgreSQL, Redis, two triggerers) against an emulator that,
-with a fixed seed, answers 10% of API requests with 429 (half of them with ``Retry-After``), 5% with
-503, drops 2% of connections before handling them, loses the answer to 2% of accepted submissions
-(the task is created and billed), fails 5% of jobs, and takes 2-60 s per job. Mid-run, the triggerer
-holding the most triggers and then the Celery worker are killed with SIGKILL and restarted.
+with a fixed seed, takes 2-60 s per job and injects faults at the rates of :data:`FAULTS`: with
+``--faults chaos`` (the default) it answers 10% of API requests with 429 (half of them with
+``Retry-After``), 5% with 503, drops 2% of connections before handling them, loses the answer to 2%
+of accepted submissions (the task is created and billed) and fails 5% of jobs; ``--faults modest``
+divides them by 5 to 10, for runs of large batches, where a 5% failure rate would fail almost every
+batch of 100. Mid-run, the triggerer holding the most triggers and then the Celery worker are killed
+with SIGKILL and restarted.
 
 While it runs it prints a progress line every 15 seconds. The report gives every image's outcome
 (persisted, or failed with Novita's reason), submissions per image and what explains each extra one,
@@ -46,7 +49,26 @@ PROGRESS_EVERY = 15.0
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
-def emulator_config(seed: int, cache_results: bool, images: int) -> EmulatorConfig:
+# The emulator's fault rates per --faults profile.
+FAULTS: dict[str, dict[str, float]] = {
+    "chaos": {
+        "failure_rate": 0.05,
+        "rate_limit_rate": 0.10,
+        "error_rate": 0.05,
+        "drop_rate": 0.02,
+        "lost_answer_rate": 0.02,
+    },
+    "modest": {
+        "failure_rate": 0.005,
+        "rate_limit_rate": 0.02,
+        "error_rate": 0.01,
+        "drop_rate": 0.002,
+        "lost_answer_rate": 0.002,
+    },
+}
+
+
+def emulator_config(seed: int, cache_results: bool, images: int, faults: str) -> EmulatorConfig:
     return EmulatorConfig(
         api_key=API_KEY,
         seed=seed,
@@ -55,13 +77,13 @@ def emulator_config(seed: int, cache_results: bool, images: int) -> EmulatorConf
         # (the default balance pays for 10,000 submissions).
         credit_balance=max(EmulatorConfig.credit_balance, 3 * images * EmulatorConfig.submission_cost),
         job_duration=(2.0, 60.0),
-        failure_rate=0.05,
-        rate_limit_rate=0.10,
         retry_after=2.0,
         retry_after_share=0.5,
-        error_rate=0.05,
-        drop_rate=0.02,
-        lost_answer_rate=0.02,
+        failure_rate=FAULTS[faults]["failure_rate"],
+        rate_limit_rate=FAULTS[faults]["rate_limit_rate"],
+        error_rate=FAULTS[faults]["error_rate"],
+        drop_rate=FAULTS[faults]["drop_rate"],
+        lost_answer_rate=FAULTS[faults]["lost_answer_rate"],
     )
 
 
@@ -261,6 +283,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument(
+        "--faults",
+        choices=sorted(FAULTS),
+        default="chaos",
+        help="the emulator's fault rates: chaos (the 1,000-image soak's) or modest (for large batches)",
+    )
+    parser.add_argument(
         "--cache-results",
         action="store_true",
         help="the emulator upscales each distinct source once (its cache_results): cheap imaging",
@@ -287,7 +315,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     files = workdir / "images"
     events: list[str] = []
     profile = ProviderProfile(PY_SPY, workdir / "profile") if args.profile else None
-    with EmulatorServer(emulator_config(args.seed, args.cache_results, args.images)) as emulator:
+    with EmulatorServer(emulator_config(args.seed, args.cache_results, args.images, args.faults)) as emulator:
         images = [f"{emulator.base_url}/samples/landscape.png?image={i:05d}" for i in range(args.images)]
         with celery_cluster(workdir / "home", {CONN_ID: emulator.airflow_conn_json()}) as cluster:
             tables_before = table_sizes(cluster)
@@ -368,6 +396,7 @@ def main() -> int:
         "images": args.images,
         "mapped_tasks": -(-args.images // args.batch_size),
         "emulator_cache_results": args.cache_results,
+        "faults": {"profile": args.faults, **FAULTS[args.faults]},
         "outcomes": dict(kinds),
         "failed_with_reason": Counter(o["outcome"] for o in outcomes if o["outcome"].startswith("failed")),
         "lost_images": args.images - len(outcomes) + kinds.get("lost", 0),
