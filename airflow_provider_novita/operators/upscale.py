@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -323,8 +324,9 @@ class UpscaleOperator(BaseOperator):
         flight at once, in threads sharing the hook's connection pool, so a batch holds the worker
         slot for the time of a few requests rather than of all of them in a row. The state store is
         only written from this thread (its channel to the supervisor is not made for threads), as
-        each submission completes. After a failure no new submission starts; those already sent are
-        recorded, then the first error is raised.
+        each submission completes, and a new submission starts only once an earlier one is recorded.
+        After a failure no new submission starts; those already sent are recorded, then the first
+        error is raised.
         """
         memory = self._ledger(context) or RetryMemory(context, STATE_STORE_KEY)
         names = [request.identity(position) for position, request in requests]
@@ -350,21 +352,28 @@ class UpscaleOperator(BaseOperator):
             new = [index for index, task_id in enumerate(task_ids) if task_id is None]
             if cap is not None:
                 cap.check(len(new))
-            pending = {pool.submit(self._submit_new, requests[index][1], signer): index for index in new}
-            for submission in as_completed(pending):
-                if submission.cancelled():
-                    continue
-                index = pending[submission]
-                try:
-                    task_ids[index] = submission.result()
-                except Exception as err:
-                    if may_have_billed(err):
-                        memory.set(names[index], {"uncertain": _failure_kind(err)})
-                    failure = failure or err
-                    for waiting in pending:
-                        waiting.cancel()
-                    continue
-                memory.set(names[index], {"task_id": task_ids[index]})
+            # A new submission starts only once an earlier one is recorded, so that at most
+            # submit_concurrency created tasks are ever unrecorded: a worker lost mid-batch leaves the
+            # retry nothing more to submit again, however far recording lags behind Novita's answers.
+            waiting = deque(new)
+            pending: dict[Future[str], int] = {}
+            while waiting or pending:
+                while waiting and failure is None and len(pending) < self.submit_concurrency:
+                    index = waiting.popleft()
+                    pending[pool.submit(self._submit_new, requests[index][1], signer)] = index
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for submission in done:
+                    index = pending.pop(submission)
+                    try:
+                        task_ids[index] = submission.result()
+                    except Exception as err:
+                        if may_have_billed(err):
+                            memory.set(names[index], {"uncertain": _failure_kind(err)})
+                        failure = failure or err
+                        continue
+                    memory.set(names[index], {"task_id": task_ids[index]})
         if failure is not None:
             raise failure
         return [task_id for task_id in task_ids if task_id is not None]

@@ -614,6 +614,22 @@ class TestConcurrentSubmissions:
         assert len(submitted) < len(images), "submissions stopped after the failure"
         assert len(store.values) == len(submitted) - 1, "every created task is recorded for the retry"
 
+    def test_no_more_than_submit_concurrency_created_tasks_are_ever_unrecorded(self, fake: FakeNovita) -> None:
+        """Novita answers faster than the store records: a lost worker must not leave a backlog to bill."""
+        images = [f"https://img.test/{n}.png" for n in range(40)]
+        unrecorded: list[int] = []
+
+        class SlowStore(FakeStateStore):
+            def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None:
+                unrecorded.append(len(fake.submissions) - len(self.values))
+                time.sleep(0.005)
+                super().set(key, value, retention=retention)
+
+        store = SlowStore()
+        operator(image=images, wait_for_completion=False, submit_concurrency=4).execute(context(store))
+        assert len(store.values) == 40
+        assert max(unrecorded) <= 4
+
     @pytest.mark.parametrize("value", [0, -1, 2.5, True, "8"])
     def test_submit_concurrency_must_be_a_positive_whole_number(self, value: object) -> None:
         with pytest.raises(ValueError, match="submit_concurrency must be a whole number of at least 1"):
