@@ -223,7 +223,13 @@ class EmulatorService:
 
     def task_summaries(self) -> list[dict[str, Any]]:
         return [
-            {"task_id": task.task_id, "image": task.image, "status": view.status, "reason": view.reason}
+            {
+                "task_id": task.task_id,
+                "image": task.image,
+                "status": view.status,
+                "reason": view.reason,
+                "submitted_at": task.submitted_at,
+            }
             for task in self._tasks.all()
             for view in (self._tasks.view(task),)
         ]

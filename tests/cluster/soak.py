@@ -46,6 +46,8 @@ API_KEY = "sk-soak-secret-9191"
 CONN_ID = "novita_soak"
 HUNG_AFTER = 3600.0
 PROGRESS_EVERY = 15.0
+# Seconds before a worker kill in which a created task may still be unrecorded by the killed try.
+IN_FLIGHT_AT_KILL = 2.0
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
@@ -87,7 +89,9 @@ def emulator_config(seed: int, cache_results: bool, images: int, faults: str) ->
     )
 
 
-def chaos(cluster: Cluster, run_id: str, events: list[str], started: float) -> None:
+def chaos(
+    cluster: Cluster, run_id: str, events: list[str], started: float, worker_kills: list[float]
+) -> None:
     """Once triggers are waiting: SIGKILL the busiest triggerer, then the worker; restart both."""
 
     def held() -> list[dict[str, Any]]:
@@ -106,6 +110,7 @@ def chaos(cluster: Cluster, run_id: str, events: list[str], started: float) -> N
     cluster.start_triggerer(victim)
     events.append(f"{time.monotonic() - started:.0f}s: {victim} restarted")
     time.sleep(20)
+    worker_kills.append(time.monotonic())
     cluster.deployment.kill(WORKER)
     events.append(f"{time.monotonic() - started:.0f}s: SIGKILL {WORKER} and its task processes")
     time.sleep(5)
@@ -171,15 +176,27 @@ def image_outcomes(
     return outcomes
 
 
-def billing(images: list[str], stats: dict[str, Any], tasks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Submissions per image, and which extra ones a FAILED job or a lost answer explains."""
+def billing(
+    images: list[str], stats: dict[str, Any], tasks: list[dict[str, Any]], worker_kills: list[float]
+) -> dict[str, Any]:
+    """Submissions per image, and which extra ones a FAILED job, a lost answer or a worker kill explains.
+
+    A worker killed while it submits a batch may hold answers it has not recorded yet (at most the
+    task's ``submit_concurrency``): the retry cannot know those tasks and submits their images again.
+    A task created at most :data:`IN_FLIGHT_AT_KILL` seconds before a worker kill explains one such.
+    """
     submitted = stats["submissions_by_image"]
     lost = stats["lost_answers_by_image"]
     failed = Counter(task["image"] for task in tasks if task["status"] == "TASK_STATUS_FAILED")
+    at_kill = Counter(
+        task["image"]
+        for task in tasks
+        if task["status"] != "TASK_STATUS_FAILED"
+        and any(0 <= kill - task["submitted_at"] <= IN_FLIGHT_AT_KILL for kill in worker_kills)
+    )
+    explained = {image: 1 + failed[image] + lost.get(image, 0) + at_kill[image] for image in images}
     unexplained = {
-        image: submitted.get(image, 0)
-        for image in images
-        if submitted.get(image, 0) > 1 + failed[image] + lost.get(image, 0)
+        image: submitted.get(image, 0) for image in images if submitted.get(image, 0) > explained[image]
     }
     return {
         "submissions": sum(submitted.values()),
@@ -189,6 +206,10 @@ def billing(images: list[str], stats: dict[str, Any], tasks: list[dict[str, Any]
             min(failed[image], max(0, submitted.get(image, 0) - 1)) for image in images
         ),
         "lost_answers": sum(lost.values()),
+        "resubmitted_after_worker_kill": sum(
+            min(at_kill[image], max(0, submitted.get(image, 0) - 1 - failed[image] - lost.get(image, 0)))
+            for image in images
+        ),
         "unexplained_extra": unexplained,
     }
 
@@ -314,6 +335,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Start the emulator and the cluster, run the DAG through the chaos, and measure it."""
     files = workdir / "images"
     events: list[str] = []
+    worker_kills: list[float] = []
     profile = ProviderProfile(PY_SPY, workdir / "profile") if args.profile else None
     with EmulatorServer(emulator_config(args.seed, args.cache_results, args.images, args.faults)) as emulator:
         images = [f"{emulator.base_url}/samples/landscape.png?image={i:05d}" for i in range(args.images)]
@@ -329,7 +351,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 with ComponentMeter(cluster.deployment, profile) as meter:
                     started = time.monotonic()
                     run_id = cluster.trigger_run(DAG_ID, conf)
-                    state = watch_run(cluster, emulator, run_id, args.images, files, events, started)
+                    state = watch_run(
+                        cluster, emulator, run_id, args.images, files, events, started, worker_kills
+                    )
                     wall = time.monotonic() - started
             finally:
                 if profile is not None:
@@ -339,7 +363,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             return {
                 "dag_run_state": state,
                 "outcomes": outcomes,
-                "billing": billing(images, emulator.stats(), tasks),
+                "billing": billing(images, emulator.stats(), tasks, worker_kills),
                 "key_found_in": places_holding(cluster, API_KEY.encode(), workdir),
                 "chaos": events,
                 "wall_seconds": round(wall, 1),
@@ -359,9 +383,12 @@ def watch_run(
     files: Path,
     events: list[str],
     started: float,
+    worker_kills: list[float],
 ) -> str:
     """Wait for the run with the chaos and the progress line beside it; returns its final state."""
-    chaos_thread = threading.Thread(target=chaos, args=(cluster, run_id, events, started), daemon=True)
+    chaos_thread = threading.Thread(
+        target=chaos, args=(cluster, run_id, events, started, worker_kills), daemon=True
+    )
     chaos_thread.start()
     finished = threading.Event()
     watcher = threading.Thread(
