@@ -614,7 +614,9 @@ class TestConcurrentSubmissions:
         assert len(submitted) < len(images), "submissions stopped after the failure"
         assert len(store.values) == len(submitted) - 1, "every created task is recorded for the retry"
 
-    def test_no_more_than_submit_concurrency_created_tasks_are_ever_unrecorded(self, fake: FakeNovita) -> None:
+    def test_no_more_than_submit_concurrency_created_tasks_are_ever_unrecorded(
+        self, fake: FakeNovita
+    ) -> None:
         """Novita answers faster than the store records: a lost worker must not leave a backlog to bill."""
         images = [f"https://img.test/{n}.png" for n in range(40)]
         unrecorded: list[int] = []
