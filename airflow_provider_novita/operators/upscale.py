@@ -352,9 +352,9 @@ class UpscaleOperator(BaseOperator):
             new = [index for index, task_id in enumerate(task_ids) if task_id is None]
             if cap is not None:
                 cap.check(len(new))
-            # A new submission starts only once an earlier one is recorded, so that at most
-            # submit_concurrency created tasks are ever unrecorded: a worker lost mid-batch leaves the
-            # retry nothing more to submit again, however far recording lags behind Novita's answers.
+            # A new submission starts only once an earlier one is recorded: a worker lost mid-batch
+            # then leaves at most submit_concurrency created tasks unrecorded (for the retry to bill
+            # again), however far recording (a request to Airflow's API server) lags behind Novita.
             waiting = deque(new)
             pending: dict[Future[str], int] = {}
             while waiting or pending:
