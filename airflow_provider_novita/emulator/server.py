@@ -140,7 +140,8 @@ class EmulatorServer:
         return self._call_on_loop(self._service.stats)
 
     def tasks(self) -> list[dict[str, Any]]:
-        """Every task created so far, in order: ``task_id``, ``image``, ``status`` and ``reason``."""
+        """Every task created so far, in order: ``task_id``, ``image``, ``status``, ``reason`` and
+        ``submitted_at`` (this process's ``time.monotonic()`` when it was created)."""
         return self._call_on_loop(self._service.task_summaries)
 
     def reset(self) -> None:

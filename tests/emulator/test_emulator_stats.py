@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import httpx
@@ -83,7 +84,9 @@ def test_tasks_lists_every_task_in_order_with_its_status_and_reason(
     first, second = api.submit_ok(landscape, resolution="2k"), api.submit_ok(portrait, resolution="2k")
     api.wait(first), api.wait(second)
 
-    assert api.server.tasks() == [
+    tasks = api.server.tasks()
+    submitted_at = [task.pop("submitted_at") for task in tasks]
+    assert tasks == [
         {
             "task_id": first,
             "image": landscape,
@@ -97,3 +100,4 @@ def test_tasks_lists_every_task_in_order_with_its_status_and_reason(
             "reason": "TASK_FAILED: injected failure",
         },
     ]
+    assert submitted_at[0] <= submitted_at[1] <= time.monotonic()
