@@ -127,7 +127,9 @@ def _persist(
     proxy: str | None,
 ) -> list[str]:
     memory = RetryMemory(context, PERSISTED_STATE_KEY)
-    written = {result.task_id: memory.get(result.task_id) for result in results if earlier_tries(context)}
+    written = (
+        {result.task_id: memory.get(result.task_id) for result in results} if earlier_tries(context) else {}
+    )
     return persist_results(
         results,
         [

@@ -330,7 +330,7 @@ class UpscaleOperator(BaseOperator):
         """
         memory = self._ledger(context) or RetryMemory(context, STATE_STORE_KEY)
         names = [request.identity(position) for position, request in requests]
-        earlier = [memory.get(name) if earlier_tries(context) else {} for name in names]
+        earlier = [memory.get(name) for name in names] if earlier_tries(context) else [{} for _ in names]
         # Everything that talks to the supervisor happens here, once, before the threads start: the
         # storage connections and filesystems of the sources, and the Novita connection and its pool.
         signer = SourceSigner(self.source_url_expiry)
