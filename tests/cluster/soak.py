@@ -360,10 +360,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     profile.stop()
             tasks = emulator.tasks()
             outcomes = image_outcomes(cluster, run_id, images, args.batch_size, tasks)
+            stats = emulator.stats()
             return {
                 "dag_run_state": state,
                 "outcomes": outcomes,
-                "billing": billing(images, emulator.stats(), tasks, worker_kills),
+                "billing": billing(images, stats, tasks, worker_kills),
                 "key_found_in": places_holding(cluster, API_KEY.encode(), workdir),
                 "chaos": events,
                 "wall_seconds": round(wall, 1),
@@ -371,7 +372,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "metadata_db_growth": database_growth(tables_before, table_sizes(cluster)),
                 "xcom": xcom_figures(cluster, run_id, args.images),
                 "task_logs": task_log_figures(cluster, run_id, args.images),
-                "emulator": emulator.stats(),
+                "emulator": stats,
             }
 
 
