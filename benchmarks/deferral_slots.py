@@ -81,6 +81,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -247,6 +248,54 @@ def measure_run(
     )
 
 
+def run_times(
+    cluster: AirflowDeployment, dag_id: str, run_id: str
+) -> tuple[datetime | None, datetime | None]:
+    (run,) = cluster.query(
+        "SELECT start_date, end_date FROM dag_run WHERE dag_id = %s AND run_id = %s", dag_id, run_id
+    )
+    return parse_db_time(run["start_date"]), parse_db_time(run["end_date"])
+
+
+def novita_timing(
+    emulator: EmulatorServer, started: datetime | None, ended: datetime | None
+) -> dict[str, float | None]:
+    """When the last image was submitted after the run's start, and how long the run went on after the
+    last Novita job ended (resuming the deferred tasks, or the last poll)."""
+    # The emulator's clock is monotonic; the database's is UTC wall time. One offset converts.
+    offset = time.time() - time.monotonic()
+    tasks = emulator.tasks()
+    last_submission = max((task["submitted_at"] for task in tasks), default=None)
+    last_job_end = max((task["finish_at"] or 0.0 for task in tasks), default=None)
+    return {
+        "all_submitted_after": (
+            last_submission + offset - started.timestamp() if last_submission and started else None
+        ),
+        "last_job_end_to_run_end": (
+            ended.timestamp() - (last_job_end + offset) if last_job_end and ended else None
+        ),
+    }
+
+
+def worker_run_figures(
+    cluster: AirflowDeployment, dag_id: str, run_id: str, layout: Layout, task_instances: int
+) -> dict[str, Any]:
+    """How many times the run's task instances took a worker slot, and how long each ran."""
+    history = cluster.query(
+        "SELECT count(*) AS n FROM task_instance_history WHERE dag_id = %s AND run_id = %s", dag_id, run_id
+    )[0]["n"]
+    # Each task instance takes a worker slot once to submit and, deferrable, once more to resume;
+    # every earlier try took one more. The task logs show each of those runs.
+    logged = logged_worker_runs(cluster.home, dag_id, run_id)
+    return {
+        "earlier_tries_in_history": history,
+        "worker_runs": len(logged) or task_instances * (2 if layout.deferrable else 1) + history,
+        "worker_runs_from_logs": bool(logged),
+        "logged_run_seconds_median": statistics.median(logged) if logged else None,
+        "logged_run_seconds_max": max(logged) if logged else None,
+    }
+
+
 def summarise_run(
     cluster: AirflowDeployment,
     emulator: EmulatorServer,
@@ -260,41 +309,20 @@ def summarise_run(
     states_seen: dict[int, set[str]],
     cpu_busy: float,
 ) -> dict[str, Any]:
-    (run,) = cluster.query(
-        "SELECT start_date, end_date FROM dag_run WHERE dag_id = %s AND run_id = %s", dag_id, run_id
-    )
-    started, ended = parse_db_time(run["start_date"]), parse_db_time(run["end_date"])
+    started, ended = run_times(cluster, dag_id, run_id)
     wall = (ended - started).total_seconds() if started and ended else None
     tis = cluster.query(
         "SELECT map_index, state, try_number FROM task_instance WHERE dag_id = %s AND run_id = %s",
         dag_id,
         run_id,
     )
-    history = cluster.query(
-        "SELECT count(*) AS n FROM task_instance_history WHERE dag_id = %s AND run_id = %s", dag_id, run_id
-    )[0]["n"]
-    ti_states: dict[str, int] = {}
-    for ti in tis:
-        ti_states[ti["state"] or "none"] = ti_states.get(ti["state"] or "none", 0) + 1
+    stats = emulator.stats()
+    scheduler_log = cluster.tail("scheduler", None).splitlines()
+    workers = worker_run_figures(cluster, dag_id, run_id, layout, len(tis))
 
     def most(state: str) -> int:
         return max((sample["counts"].get(state, 0) for sample in samples), default=0)
 
-    # The emulator's clock is monotonic; the database's is UTC wall time. One offset converts.
-    offset = time.time() - time.monotonic()
-    tasks = list(emulator._service._tasks._tasks.values())  # private: the emulator's own records
-    last_submission = max((task.submitted_at for task in tasks), default=None)
-    last_job_end = max((task.finish_at or 0.0 for task in tasks), default=None)
-    race_lines = [
-        line for line in cluster.tail("scheduler", None).splitlines() if STALE_EVENT_MISMATCH in line
-    ]
-    stats = emulator.stats()
-    start_epoch = started.timestamp() if started else None
-    retried = sum((ti["try_number"] or 0) > 1 for ti in tis)
-    # Each task instance takes a worker slot once to submit and, deferrable, once more to resume;
-    # every earlier try took one more. The task logs show each of those runs.
-    logged = logged_worker_runs(cluster.home, dag_id, run_id)
-    worker_runs = len(logged) or len(tis) * (2 if layout.deferrable else 1) + history
     return {
         "mode": layout.describe(args.images),
         "deferrable": layout.deferrable,
@@ -305,30 +333,23 @@ def summarise_run(
         "wall": wall,
         "x_job": wall / args.job_duration if wall is not None else None,
         "task_instances": len(tis),
-        "ti_states": ti_states,
+        "ti_states": dict(Counter(ti["state"] or "none" for ti in tis)),
         "max_running": most("running"),
         "max_deferred": most("deferred"),
         "max_queued": most("queued"),
         "deferred_at_least_once": sum("deferred" in seen for seen in states_seen.values()),
-        "tis_with_retries": retried,
-        "earlier_tries_in_history": history,
-        "race_log_lines": len(race_lines),
+        "tis_with_retries": sum((ti["try_number"] or 0) > 1 for ti in tis),
+        "race_log_lines": sum(STALE_EVENT_MISMATCH in line for line in scheduler_log),
         "accepted_submissions": stats["accepted_submissions"],
         "submissions_by_image_max": max(stats["submissions_by_image"].values(), default=0),
         "tasks_by_status": stats["tasks_by_status"],
-        "all_submitted_after": (
-            last_submission + offset - start_epoch if last_submission and start_epoch else None
-        ),
-        "last_job_end_to_run_end": (
-            ended.timestamp() - (last_job_end + offset) if last_job_end and ended else None
-        ),
+        **novita_timing(emulator, started, ended),
         "cpu_busy": cpu_busy,
-        "worker_runs": worker_runs,
-        "worker_runs_from_logs": bool(logged),
-        "logged_run_seconds_median": statistics.median(logged) if logged else None,
-        "logged_run_seconds_max": max(logged) if logged else None,
+        **workers,
         "slot_seconds_per_worker_run": (
-            wall * args.parallelism / worker_runs if wall is not None and worker_runs else None
+            wall * args.parallelism / workers["worker_runs"]
+            if wall is not None and workers["worker_runs"]
+            else None
         ),
         "samples": samples,
     }
@@ -403,7 +424,7 @@ def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, list[Layout]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -434,8 +455,55 @@ def main() -> None:
     layouts += [] if args.skip_sync else [Layout(False, 1)]
     if not layouts:
         parser.error("--skip-sync and --skip-deferrable together leave nothing to run")
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    return args, layouts
 
+
+def start_airflow(
+    home: Path, emulator: EmulatorServer, args: argparse.Namespace, layouts: list[Layout]
+) -> AirflowDeployment:
+    """Writes the DAG file, migrates a SQLite database and starts each component as its own process."""
+    images = [f"{emulator.base_url}/samples/landscape.png?copy={i:03d}" for i in range(args.images)]
+    (home / "dags").mkdir()
+    (home / "dags" / "novita_deferral_bench.py").write_text(
+        DAG_FILE.format(
+            images=images,
+            dags=[(layout.dag_id, *layout) for layout in layouts],
+            task_id=TASK_ID,
+            poll_interval=args.poll_interval,
+            retry_delay=RETRY_DELAY_SECONDS,
+        )
+    )
+    api_port = free_port()
+    cluster = AirflowDeployment.on_sqlite(
+        home,
+        api_port=api_port,
+        dags_folder=home / "dags",
+        connections={"novita_default": emulator.airflow_conn_json()},
+        settings={"AIRFLOW__CORE__PARALLELISM": str(args.parallelism)},
+    )
+    print(f"Airflow home: {home}; migrating the database ...", file=sys.stderr, flush=True)
+    cluster.run_cli("db-migrate", "db", "migrate", timeout=MIGRATE_TIMEOUT)
+    cluster.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port))
+    for component in ("dag-processor", "scheduler", "triggerer"):
+        cluster.start(component)
+    return cluster
+
+
+def stop_airflow(cluster: AirflowDeployment, failed: bool) -> None:
+    # The stop is bounded (about a minute at worst); a second Ctrl+C or SIGTERM in the middle of
+    # it would leave Airflow processes behind, so both wait until it is done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not_stopped := cluster.stop():
+        print(f"needed SIGKILL after SIGTERM: {not_stopped}", file=sys.stderr)
+    if failed:
+        for name in cluster.processes:
+            print(f"===== {name} =====\n{cluster.tail(name)}", file=sys.stderr)
+
+
+def main() -> None:
+    args, layouts = parse_args()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     home = Path(tempfile.mkdtemp(prefix="novita-deferral-bench-"))
     rows: list[dict[str, Any]] = []
     emulator = EmulatorServer(EmulatorConfig(api_key=API_KEY, job_duration=args.job_duration))
@@ -443,31 +511,7 @@ def main() -> None:
     failed = True
     try:
         emulator.start()
-        images = [f"{emulator.base_url}/samples/landscape.png?copy={i:03d}" for i in range(args.images)]
-        (home / "dags").mkdir()
-        (home / "dags" / "novita_deferral_bench.py").write_text(
-            DAG_FILE.format(
-                images=images,
-                dags=[(layout.dag_id, *layout) for layout in layouts],
-                task_id=TASK_ID,
-                poll_interval=args.poll_interval,
-                retry_delay=RETRY_DELAY_SECONDS,
-            )
-        )
-        api_port = free_port()
-        cluster = AirflowDeployment.on_sqlite(
-            home,
-            api_port=api_port,
-            dags_folder=home / "dags",
-            connections={"novita_default": emulator.airflow_conn_json()},
-            settings={"AIRFLOW__CORE__PARALLELISM": str(args.parallelism)},
-        )
-        print(f"Airflow home: {home}; migrating the database ...", file=sys.stderr, flush=True)
-        cluster.run_cli("db-migrate", "db", "migrate", timeout=MIGRATE_TIMEOUT)
-        cluster.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port))
-        cluster.start("dag-processor")
-        cluster.start("scheduler")
-        cluster.start("triggerer")
+        cluster = start_airflow(home, emulator, args, layouts)
         with cluster.client() as client:
             wait_until_ready(cluster, client, [layout.dag_id for layout in layouts], READY_TIMEOUT)
             print("Airflow is ready.", file=sys.stderr, flush=True)
@@ -476,32 +520,17 @@ def main() -> None:
                 print(f"  -> {rows[-1]['state']} in {rows[-1]['wall']} s", file=sys.stderr, flush=True)
         failed = False
     finally:
-        # The stop is bounded (about a minute at worst); a second Ctrl+C or SIGTERM in the middle of
-        # it would leave Airflow processes behind, so both wait until it is done.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if cluster is not None:
-            not_stopped = cluster.stop()
-            if not_stopped:
-                print(f"needed SIGKILL after SIGTERM: {not_stopped}", file=sys.stderr)
-            if failed:
-                for name in cluster.processes:
-                    print(f"===== {name} =====\n{cluster.tail(name)}", file=sys.stderr)
+            stop_airflow(cluster, failed)
         emulator.stop()
         if args.keep_home or failed:
             print(f"Airflow home kept: {home}", file=sys.stderr)
         else:
             shutil.rmtree(home, ignore_errors=True)
-
     report(rows, args)
     if args.output:
-        figures = {
-            "images": args.images,
-            "job_duration": args.job_duration,
-            "poll_interval": args.poll_interval,
-            "parallelism": args.parallelism,
-            "runs": rows,
-        }
+        settings = ("images", "job_duration", "poll_interval", "parallelism")
+        figures = {**{name: getattr(args, name) for name in settings}, "runs": rows}
         args.output.write_text(json.dumps(figures, indent=2) + "\n")
 
 

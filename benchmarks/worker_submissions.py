@@ -387,7 +387,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -411,12 +411,16 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.child and (args.images < 1 or args.repeat < 1 or args.latency <= 0):
+        parser.error("--images and --repeat must be at least 1, --latency positive")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.child:
         child_main(args.child)
         return
-    if args.images < 1 or args.repeat < 1 or args.latency <= 0:
-        parser.error("--images and --repeat must be at least 1, --latency positive")
-
     workdir = Path(tempfile.mkdtemp(prefix="novita-worker-submissions-"))
     # This process imports the operator (for its signature) too: never with the user's AIRFLOW_HOME.
     os.environ["AIRFLOW_HOME"] = str(workdir / "airflow-home")

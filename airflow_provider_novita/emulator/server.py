@@ -140,8 +140,9 @@ class EmulatorServer:
         return self._call_on_loop(self._service.stats)
 
     def tasks(self) -> list[dict[str, Any]]:
-        """Every task created so far, in order: ``task_id``, ``image``, ``status``, ``reason`` and
-        ``submitted_at`` (this process's ``time.monotonic()`` when it was created)."""
+        """Every task created so far, in order: ``task_id``, ``image``, ``status``, ``reason``,
+        ``submitted_at`` and ``finish_at``: this process's ``time.monotonic()`` when it was created
+        and when it turns (or turned) terminal, None while its image work goes on."""
         return self._call_on_loop(self._service.task_summaries)
 
     def reset(self) -> None:

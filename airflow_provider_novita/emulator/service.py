@@ -229,6 +229,7 @@ class EmulatorService:
                 "status": view.status,
                 "reason": view.reason,
                 "submitted_at": task.submitted_at,
+                "finish_at": task.finish_at,
             }
             for task in self._tasks.all()
             for view in (self._tasks.view(task),)

@@ -76,7 +76,7 @@ def test_python_reset_restarts_injected_faults(api_factory: Callable[..., Emulat
     assert api.stats()["requests"]["user"] == 1
 
 
-def test_tasks_lists_every_task_in_order_with_its_status_and_reason(
+def test_tasks_lists_every_task_in_order_with_its_status_reason_and_times(
     api_factory: Callable[..., EmulatorApi],
 ) -> None:
     api = api_factory(failure_rate=1.0)
@@ -86,6 +86,7 @@ def test_tasks_lists_every_task_in_order_with_its_status_and_reason(
 
     tasks = api.server.tasks()
     submitted_at = [task.pop("submitted_at") for task in tasks]
+    finish_at = [task.pop("finish_at") for task in tasks]
     assert tasks == [
         {
             "task_id": first,
@@ -101,3 +102,7 @@ def test_tasks_lists_every_task_in_order_with_its_status_and_reason(
         },
     ]
     assert submitted_at[0] <= submitted_at[1] <= time.monotonic()
+    # Both waited for: each turned terminal after it was created, and before now.
+    assert all(
+        created < done <= time.monotonic() for created, done in zip(submitted_at, finish_at, strict=True)
+    )
