@@ -28,7 +28,7 @@ PY_SPY := py-spy==0.4.3
 SOAK_AIRFLOW ?= $(AIRFLOW_NEWEST)
 SOAK_VENV := $(if $(filter $(AIRFLOW_NEWEST),$(SOAK_AIRFLOW)),$(VENV),.venv-$(SOAK_AIRFLOW))
 
-.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick benchmark-cold soak soak-large soak-airflow-unknown clean
+.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick benchmark-cold benchmark-hot-paths soak soak-large soak-airflow-unknown clean
 
 # venv VENV_DIR AIRFLOW_VERSION CONSTRAINTS EXTRA: a virtual environment with the provider (editable) and EXTRA.
 define venv
@@ -69,10 +69,16 @@ $(foreach v,$(AIRFLOW_OLDER),$(eval $(call tested,$(v))))
 # One line per benchmark script, run one after another: they share a 2-core machine and must not overlap.
 benchmark: $(BENCH)
 	$(BENCH_PYTHON) benchmarks/triggerer_polling.py --output-dir $(BENCHMARK_OUTPUT) $(BENCHMARK_ARGS)
+	$(BENCH_PYTHON) benchmarks/triggerer_report.py $(BENCHMARK_OUTPUT)/latest.json
+	$(BENCH_PYTHON) benchmarks/hot_paths.py --output $(BENCHMARK_OUTPUT)/hot_paths.json
 	$(BENCH_PYTHON) benchmarks/persist_memory.py
 	$(BENCH_PYTHON) benchmarks/worker_submissions.py --output $(BENCHMARK_OUTPUT)/worker_submissions.json
 	$(BENCH_PYTHON) benchmarks/import_cost.py --output $(BENCHMARK_OUTPUT)/import_cost.json
 	$(BENCH_PYTHON) benchmarks/deferral_slots.py --output $(BENCHMARK_OUTPUT)/deferral_slots.json $(SLOTS_ARGS)
+
+# The hot paths (one poll, one parse, one event, one polling round) beside their floors, in seconds.
+benchmark-hot-paths: $(NEWEST)
+	$(VENV)/bin/python benchmarks/hot_paths.py
 
 # The first TaskResultTrigger run in a fresh process, beside a second one, on every tested Airflow.
 benchmark-cold: $(NEWEST) $(foreach v,$(AIRFLOW_OLDER),.venv-$(v)/.installed-$(v))
@@ -82,6 +88,7 @@ benchmark-cold: $(NEWEST) $(foreach v,$(AIRFLOW_OLDER),.venv-$(v)/.installed-$(v
 # A smoke run of the triggerer benchmark (about 2 minutes); its figures mean nothing.
 benchmark-quick: $(BENCH)
 	$(BENCH_PYTHON) benchmarks/triggerer_polling.py --quick --output-dir $(BENCHMARK_OUTPUT)/quick $(BENCHMARK_ARGS)
+	$(BENCH_PYTHON) benchmarks/triggerer_report.py $(BENCHMARK_OUTPUT)/quick/latest.json
 
 # 1,000 images through the Celery cluster of tests/cluster while a triggerer and the worker are killed
 # (about 10 minutes; needs the local PostgreSQL and Redis). Not part of `make test`.
