@@ -25,10 +25,12 @@ SOAK_ARGS ?= --seed 20261125 --images 1000 --batch-size 10
 SOAK_LARGE_ARGS ?= --seed 20261202 --images 10000 --batch-size 100 --faults modest --cache-results --profile
 # py-spy, for soak-large's --profile: a tool of the soak only, installed into its environment when it runs.
 PY_SPY := py-spy==0.4.3
+# mutmut, for `make mutation`: a tool of that pass only, installed into the test environment when it runs.
+MUTMUT := mutmut==3.8.1
 SOAK_AIRFLOW ?= $(AIRFLOW_NEWEST)
 SOAK_VENV := $(if $(filter $(AIRFLOW_NEWEST),$(SOAK_AIRFLOW)),$(VENV),.venv-$(SOAK_AIRFLOW))
 
-.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick benchmark-cold benchmark-hot-paths soak soak-large soak-airflow-unknown clean
+.PHONY: demo test lint test-newest $(addprefix test-,$(AIRFLOW_OLDER)) benchmark benchmark-quick benchmark-cold benchmark-hot-paths soak soak-large soak-airflow-unknown mutation clean
 
 # venv VENV_DIR AIRFLOW_VERSION CONSTRAINTS EXTRA: a virtual environment with the provider (editable) and EXTRA.
 define venv
@@ -101,6 +103,21 @@ soak: $(SOAK_ENV)
 soak-large: $(SOAK_ENV)
 	$(SOAK_VENV)/bin/python -m pip install --quiet "$(PY_SPY)"
 	$(SOAK_VENV)/bin/python -m tests.cluster.soak $(SOAK_LARGE_ARGS) --output soak-output/$(SOAK_AIRFLOW)-large
+
+# Mutation testing (docs/development.md): mutmut changes the modules that [tool.mutmut] in pyproject.toml
+# names, one change at a time, and runs their unit tests against each (over an hour on 2 cores). Every
+# pass starts afresh in mutants/; it ends with the score and every mutant the tests did not kill.
+# Not part of `make test`.
+mutation: $(NEWEST)
+	$(VENV)/bin/python -m pip install --quiet "$(MUTMUT)"
+	rm -rf mutants
+	$(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut export-cicd-stats
+	@$(VENV)/bin/python -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
+		print('mutation score: %d/%d killed;' % (s['killed'], s['total']), \
+		', '.join('%s %d' % (k.replace('_', ' '), v) for k, v in s.items() if k not in ('killed', 'total')))"
+	@echo "Not killed (mutmut show NAME shows one):"
+	@$(VENV)/bin/mutmut results
 
 soak-airflow-unknown:
 	@echo "SOAK_AIRFLOW=$(SOAK_AIRFLOW): it must be one of the tested versions, $(AIRFLOW_NEWEST) $(AIRFLOW_OLDER)"; exit 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -32,19 +33,28 @@ def test_event_round_trip_is_plain_json() -> None:
 
 
 @pytest.mark.parametrize(
-    "event",
+    ("event", "message"),
     [
-        None,
-        "success",
-        {},
-        {"status": "cancelled", "task_ids": [], "results": []},
-        {"status": "success", "task_ids": ["a"]},
-        {"status": "success", "task_ids": ["a"], "results": []},
+        (None, "Unexpected trigger event from TaskResultTrigger: None"),
+        ("success", "Unexpected trigger event from TaskResultTrigger: 'success'"),
+        ({}, "Malformed trigger event from TaskResultTrigger: {}"),
+        ({"status": "cancelled", "task_ids": [], "results": []}, "Malformed trigger event"),
+        ({"status": "success", "task_ids": ["a"]}, "Malformed trigger event"),
+        (
+            {"status": "success", "task_ids": ["a"], "results": []},
+            "Trigger event has 0 results for 1 task ids",
+        ),
     ],
 )
-def test_anything_but_a_wellformed_event_raises(event: Any) -> None:
-    with pytest.raises(NovitaError):
+def test_anything_but_a_wellformed_event_raises_saying_what_is_wrong(event: Any, message: str) -> None:
+    with pytest.raises(NovitaError, match=f"^{re.escape(message)}"):
         BatchOutcome.from_event(event)
+
+
+def test_an_event_without_a_message_has_an_empty_one() -> None:
+    event = outcome(OutcomeStatus.SUCCESS, done("a")).to_event()
+    del event["message"]
+    assert BatchOutcome.from_event(event).message == ""
 
 
 def test_failed_tasks_are_named_with_their_reasons() -> None:
@@ -65,13 +75,21 @@ def test_timeout_names_the_unfinished_tasks() -> None:
 
 
 def test_error_event_raises_with_its_message() -> None:
-    with pytest.raises(NovitaError, match="Waiting for Novita tasks a failed: msg"):
-        outcome(OutcomeStatus.ERROR, done("a")).results_or_raise("t")
+    with pytest.raises(NovitaError, match=r"^Waiting for Novita tasks a, b failed: msg$"):
+        outcome(OutcomeStatus.ERROR, done("a"), done("b")).results_or_raise("t")
 
 
-def test_success_without_image_is_not_a_success() -> None:
-    with pytest.raises(NovitaError, match="reported successful but returned no image"):
-        outcome(OutcomeStatus.SUCCESS, TaskResult("a", TaskStatus.SUCCEED)).results_or_raise("t")
+@pytest.mark.parametrize(
+    "result",
+    [
+        TaskResult("a", TaskStatus.SUCCEED),
+        None,
+        TaskResult("a", TaskStatus.PROCESSING, images=done("a").images),
+    ],
+)
+def test_success_without_a_finished_task_with_an_image_is_not_a_success(result: TaskResult | None) -> None:
+    with pytest.raises(NovitaError, match=r"^Novita task a is reported successful but returned no image$"):
+        BatchOutcome(OutcomeStatus.SUCCESS, ["a"], [result], "msg").results_or_raise("t")
 
 
 def test_a_success_event_hiding_a_failure_still_raises() -> None:

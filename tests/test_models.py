@@ -18,6 +18,7 @@ from airflow_provider_novita.models import (
     TaskStatus,
     UpscaleRequest,
     check_image,
+    check_images,
     is_plain_literal,
     redact_url,
 )
@@ -53,11 +54,24 @@ class TestUpscaleRequest:
             ({"resolution": 4}, "resolution must be one of 2k, 4k, 8k; got int 4"),
             ({"output_format": "gif"}, "output_format must be one of jpeg, png, webp; got 'gif'"),
             ({"output_format": None}, "output_format must be one of jpeg, png, webp; got NoneType None"),
+            # A rejected value that is no URL is shown as given, even where a URL would be cut.
+            ({"resolution": "4k?hd#1"}, "resolution must be one of 2k, 4k, 8k; got '4k\\?hd#1'"),
         ],
     )
     def test_invalid_choices_list_the_allowed_values(self, kwargs: dict[str, Any], message: str) -> None:
         with pytest.raises(ValueError, match=message):
             UpscaleRequest("https://x.test/a.png", **kwargs)
+
+    def test_a_storage_uri_is_never_sent_unsigned(self) -> None:
+        request = UpscaleRequest("s3://bucket/a.png")
+        with pytest.raises(
+            ValueError,
+            match=r"^image 's3://bucket/a.png' must be signed into an http\(s\) URL before it is sent$",
+        ):
+            request.to_json()
+        assert request.with_image("https://bucket.test/a.png?sig=1").to_json()["image"] == (
+            "https://bucket.test/a.png?sig=1"
+        )
 
     def test_surrounding_whitespace_of_the_url_is_stripped(self) -> None:
         assert UpscaleRequest("  https://x.test/a.png\n").image == "https://x.test/a.png"
@@ -113,6 +127,10 @@ class TestImageUrl:
             "gs://bucket/a.png",
             "abfs://container/dir/a.png",
             "  s3://bucket/a.png\n",
+            "s3://bucket/X",
+            # An http(s) URL needs no path: the server decides what it serves.
+            "http://x.test",
+            "https://x.test/",
         ],
     )
     def test_http_urls_and_object_storage_uris_are_sources(self, image: str) -> None:
@@ -133,6 +151,37 @@ class TestImageUrl:
 
     def test_redact_url_keeps_only_scheme_host_port_and_path(self) -> None:
         assert redact_url("https://user:pw@b.test:8443/p/a.png?sig=1#f") == "https://b.test:8443/p/a.png"
+
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            ("file:///data/a.png?sig=1", "file:///data/a.png"),
+            ("http://[::1/a.png?sig=1", "<unparseable URL>"),
+        ],
+    )
+    def test_redact_url_of_a_url_without_host_or_that_cannot_be_parsed(self, url: str, shown: str) -> None:
+        assert redact_url(url) == shown
+
+
+class TestImageLists:
+    def test_a_list_gives_its_sources_in_order_checked_and_stripped(self) -> None:
+        assert check_images([" https://x.test/a.png", "s3://bucket/b.png\n"]) == [
+            "https://x.test/a.png",
+            "s3://bucket/b.png",
+        ]
+
+    @pytest.mark.parametrize(
+        ("image", "got"), [([], "an empty list"), ((), "an empty list"), (5, "a int"), ({"a": 1}, "a dict")]
+    )
+    def test_an_empty_list_or_another_type_is_named(self, image: object, got: str) -> None:
+        with pytest.raises(
+            ValueError, match=f"^image must be one source or a non-empty list of them; got {got}$"
+        ):
+            check_images(image)
+
+    def test_a_bad_source_in_a_list_is_named_with_its_position(self) -> None:
+        with pytest.raises(ValueError, match=r"but it is empty: '' \(at position 1 of the image list\)$"):
+            check_images(["https://x.test/a.png", " "])
 
 
 class TestIsPlainLiteral:
@@ -181,7 +230,9 @@ class TestTaskResult:
         caplog.set_level(logging.WARNING)
         body = {**SUCCEED_BODY, "task": {**SUCCEED_BODY["task"], "task_id": "someone-else"}}
         assert TaskResult.from_api(body, "polled").task_id == "polled"
-        assert "answered the poll of task polled with task id someone-else" in caplog.text
+        assert caplog.messages == [
+            "Novita answered the poll of task polled with task id someone-else; filing it under polled"
+        ]
 
     @pytest.mark.parametrize(
         "eta",
@@ -214,6 +265,17 @@ class TestTaskResult:
     def test_progress_outside_0_to_100_is_unknown(self, progress: object) -> None:
         assert TaskResult.from_api({"task": {"progress_percent": progress}}, "t").progress_percent is None
 
+    @pytest.mark.parametrize("progress", [0, 0.0, 100, 100.0, "100"])
+    def test_progress_at_either_end_of_0_to_100_is_kept(self, progress: object) -> None:
+        assert TaskResult.from_api({"task": {"progress_percent": progress}}, "t").progress_percent == float(
+            progress  # type: ignore[arg-type]
+        )
+
+    @pytest.mark.parametrize("reason", [{"code": 1}, ["x"], True, None])
+    def test_a_reason_that_is_no_text_or_number_is_empty(self, reason: object) -> None:
+        body = {"task": {"status": "TASK_STATUS_FAILED", "reason": reason}}
+        assert TaskResult.from_api(body, "t").reason == ""
+
     @pytest.mark.parametrize(
         ("ttl", "expected"),
         [
@@ -234,7 +296,7 @@ class TestTaskResult:
         assert result.images[0].image_url_ttl == expected
 
     @pytest.mark.parametrize(
-        "completed", ["", "0", "-1", "nan", "1e999", 10**400, "soon", 4102444800000 * 100]
+        "completed", ["", "0", "-1", "1000000", "nan", "1e999", 10**400, "soon", 4102444800000 * 100]
     )
     def test_an_implausible_completion_time_is_unknown_and_so_is_the_expiry(self, completed: object) -> None:
         body = {**SUCCEED_BODY, "extra": {"debug_info": {"complete_time_ms": completed}}}
@@ -247,25 +309,56 @@ class TestTaskResult:
             {"image_url": 5},
             "x",
             {"image_url": "https://o.test/a"},
+            {"image_url": "http://o.test/b"},
         ]
         result = TaskResult.from_api({"task": {"status": "TASK_STATUS_SUCCEED"}, "images": images}, "t")
-        assert [i.image_url for i in result.images] == ["https://o.test/a"]
+        assert [i.image_url for i in result.images] == ["https://o.test/a", "http://o.test/b"]
 
-    def test_unknown_status_is_unfinished_and_logged(self, caplog: pytest.LogCaptureFixture) -> None:
-        caplog.set_level(logging.WARNING)
-        result = TaskResult.from_api({"task": {"status": "TASK_STATUS_UNKNOWN"}}, "t")
+    @pytest.mark.parametrize(
+        ("status", "shown"), [("TASK_STATUS_UNKNOWN", "TASK_STATUS_UNKNOWN"), (None, "(none)")]
+    )
+    def test_unknown_status_is_unfinished_and_logged(
+        self, caplog: pytest.LogCaptureFixture, status: str | None, shown: str
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="airflow_provider_novita.models")
+        result = TaskResult.from_api({"task": {"status": status, "task_id": ""}}, "t")
         assert result.status is TaskStatus.UNKNOWN
         assert not result.status.is_terminal
-        assert "status this provider does not know: TASK_STATUS_UNKNOWN" in caplog.text
+        # An empty task id in the answer is no other task's: nothing more is logged.
+        assert caplog.messages == [f"Novita task t has a status this provider does not know: {shown}"]
 
-    @pytest.mark.parametrize("body", [[], "ok", None, 3])
-    def test_a_body_that_is_not_an_object_is_the_providers_error(self, body: object) -> None:
-        with pytest.raises(NovitaError, match="instead of a JSON object"):
+    @pytest.mark.parametrize(("body", "kind"), [([], "list"), ("ok", "str"), (None, "NoneType"), (3, "int")])
+    def test_a_body_that_is_not_an_object_is_the_providers_error(self, body: object, kind: str) -> None:
+        with pytest.raises(
+            NovitaError, match=f"^Novita answered the task-result request for task t with a {kind} instead of"
+        ):
             TaskResult.from_api(body, "t")
 
     def test_dict_round_trip(self) -> None:
         result = TaskResult.from_api(SUCCEED_BODY, "t1")
         assert TaskResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+    @pytest.mark.parametrize(
+        "result",
+        [
+            TaskResult("t2", TaskStatus.PROCESSING, eta=12.5, progress_percent=40.0),
+            TaskResult("t3", TaskStatus.FAILED, reason="INVALID_IMAGE_FORMAT", completed_at=1764000000.5),
+        ],
+    )
+    def test_dict_round_trip_keeps_every_field(self, result: TaskResult) -> None:
+        assert TaskResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+    def test_values_read_back_from_a_dict_are_checked_again(self) -> None:
+        """An event is stored data: whatever it holds, implausible values come back unknown."""
+        stored = {
+            "task_id": "t4",
+            "status": "TASK_STATUS_PROCESSING",
+            "eta": -1,
+            "progress_percent": 100.5,
+            "completed_at": 0,
+            "images": [{"image_url": "file:///etc/passwd"}],
+        }
+        assert TaskResult.from_dict(stored) == TaskResult("t4", TaskStatus.PROCESSING)
 
 
 # Any JSON value, including the non-finite floats and huge integers Python's json module accepts.

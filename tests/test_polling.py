@@ -105,6 +105,14 @@ class TestPolicyFromArguments:
         ):
             PollingPolicy.from_arguments(60, 30, interval_name="poke_interval")
 
+    def test_a_cap_equal_to_the_interval_is_a_fixed_pace(self) -> None:
+        policy = PollingPolicy.from_arguments(60, 60)
+        assert (policy.poll_interval, policy.max_poll_interval) == (60, 60)
+
+    def test_an_invalid_cap_is_named(self) -> None:
+        with pytest.raises(ValueError, match=r"^max_poll_interval must be a positive number of seconds"):
+            PollingPolicy.from_arguments(5, 0)
+
     def test_durations_may_be_timedeltas(self) -> None:
         policy = PollingPolicy.from_arguments(timedelta(seconds=5), timedelta(minutes=1))
         assert (policy.poll_interval, policy.max_poll_interval) == (5, 60)
@@ -175,6 +183,7 @@ class TestBatchPoller:
         assert outcome is not None
         assert outcome.status is OutcomeStatus.SUCCESS
         assert [r.task_id for r in outcome.results if r] == ["a", "b"]
+        assert outcome.message == "all tasks succeeded"
 
     def test_failed_only_once_every_task_is_final(self) -> None:
         waiting = poller(["a", "b"])
@@ -184,6 +193,7 @@ class TestBatchPoller:
         outcome = waiting.outcome(now=10)
         assert outcome is not None
         assert outcome.status is OutcomeStatus.FAILED
+        assert outcome.message == "1 task(s) failed"
 
     def test_timeout_at_the_absolute_deadline(self) -> None:
         waiting = poller(["a", "b"], end_time=100)
@@ -206,6 +216,30 @@ class TestBatchPoller:
         assert outcome is not None
         assert outcome.status is OutcomeStatus.TIMEOUT
 
+    def test_a_round_cut_off_by_the_deadline_still_records_the_answers_that_came(self) -> None:
+        waiting = poller(["a", "b", "c"], end_time=100)
+        round_at(
+            waiting,
+            100,
+            NovitaTimeoutError(["a"], "Deadline passed"),
+            result("b", TaskStatus.SUCCEED),
+            result("c", TaskStatus.PROCESSING),
+        )
+        outcome = waiting.outcome(now=100)
+        assert outcome is not None
+        assert outcome.status is OutcomeStatus.TIMEOUT
+        assert [r.status if r else None for r in outcome.results] == [
+            None,
+            TaskStatus.SUCCEED,
+            TaskStatus.PROCESSING,
+        ]
+        assert outcome.message == "deadline passed with 2 unfinished"
+
+    def test_right_at_the_start_the_next_wait_is_the_poll_interval(self) -> None:
+        waiting = poller(["a"])
+        round_at(waiting, 0, result("a", TaskStatus.PROCESSING))
+        assert waiting.next_delay(now=0) == 2
+
     def test_a_resumed_wait_keeps_its_finished_tasks_and_its_pace(self) -> None:
         waiting = poller(["a", "b"], results={"a": result("a", TaskStatus.SUCCEED)}, consecutive_errors=2)
         assert waiting.pending() == ["b"]
@@ -219,7 +253,8 @@ class TestBatchPoller:
         assert waiting.pending() == ["a", "b"]
         assert waiting.due(0) == ["a", "b"]
 
-    def test_tolerates_a_bounded_run_of_transient_failures(self) -> None:
+    def test_tolerates_a_bounded_run_of_transient_failures(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.WARNING, logger="airflow_provider_novita.polling")
         waiting = poller(["a"], max_consecutive_errors=3)
         flaky = NovitaServerError(503, "", "overloaded", "a")
         for now, answer in [
@@ -236,6 +271,7 @@ class TestBatchPoller:
         assert outcome is not None
         assert outcome.status is OutcomeStatus.ERROR
         assert "3 consecutive rounds" in outcome.message
+        assert caplog.messages[0] == f"Polling Novita failed, will try again: {flaky}"
 
     def test_a_permanent_error_ends_the_wait_at_once(self) -> None:
         waiting = poller(["a"])
@@ -244,6 +280,13 @@ class TestBatchPoller:
         assert outcome is not None
         assert outcome.status is OutcomeStatus.ERROR
         assert "INVALID_API_KEY" in outcome.message
+
+
+def test_progress_names_the_tasks_not_seen_yet(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="airflow_provider_novita.polling")
+    waiting = poller(["a", "b", "c"])
+    waiting.record(["a"], [result("a", TaskStatus.QUEUED)], 0)
+    assert caplog.messages == ["Novita batch of 3 task(s): queued 1, not yet seen 2"]
 
 
 def test_progress_is_logged_when_a_status_changes_not_every_round(caplog: pytest.LogCaptureFixture) -> None:

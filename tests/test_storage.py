@@ -12,6 +12,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from airflow.sdk import ObjectStoragePath
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_novita import storage
 from airflow_provider_novita.emulator import EmulatorServer
 from airflow_provider_novita.exceptions import NovitaError
 from airflow_provider_novita.models import ResultImage, TaskResult, TaskStatus
@@ -32,6 +34,7 @@ from airflow_provider_novita.storage import (
     url_answers,
 )
 from tests.forward_proxy import ForwardProxy
+from tests.s3 import S3Bucket
 
 RECORD = ("task-7", "jpeg")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
@@ -62,6 +65,7 @@ def persist(
     results: list[TaskResult],
     output_path: str | ObjectStoragePath,
     transport: httpx.BaseTransport,
+    written_before: dict[str, Any] | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """Persists ``results`` as the operator does; returns the paths, and what ``on_written`` was told."""
     written: dict[str, Any] = {}
@@ -70,7 +74,7 @@ def persist(
         [Destination(None, "4k", position) for position in range(len(results))],
         output_path,
         map_index=-1,
-        written_before={},
+        written_before=written_before or {},
         on_written=written.__setitem__,
         transport=transport,
     )
@@ -139,6 +143,12 @@ def test_a_relative_or_empty_output_path_is_refused_with_what_is_allowed(bad: st
     assert "s3://conn@bucket/prefix" in message
 
 
+@pytest.mark.parametrize("scheme", ["file", "local"])
+def test_a_local_folder_that_does_not_exist_yet_is_created(tmp_path: Path, scheme: str) -> None:
+    (path,), _ = persist([record()], f"{scheme}://{tmp_path}/new/folder", serving())
+    assert (tmp_path / "new" / "folder" / Path(path).name).read_bytes() == IMAGE
+
+
 def test_results_under_a_plain_absolute_path_are_saved_as_under_its_file_uri(tmp_path: Path) -> None:
     (plain,), _ = persist([record()], str(tmp_path / "plain" / "out"), serving())
     (uri,), _ = persist([record()], f"file://{tmp_path}/uri/out", serving())
@@ -196,7 +206,181 @@ def test_a_broken_connection_names_task_and_host_but_never_the_query_string(tmp_
     assert "results.test" in message
     assert "ReadError" in message
     assert "secret" not in message
+    assert "https://results.test/out/result.png?…" in message, "the cut query string is marked"
     assert list(tmp_path.iterdir()) == []
+
+
+# Epoch seconds the download errors below are raised at: 2025-11-24T17:01:00Z.
+NOW = 1764003660.0
+
+
+@pytest.mark.parametrize(
+    ("completed_at", "age"),
+    [
+        (None, ""),
+        # Finished 2h 1m ago, its URL good for an hour: expired an hour ago.
+        (NOW - 7260, "; the task finished 2h 1m ago and its URL expired at 2025-11-24T16:00:00Z"),
+        # Its URL's last second is now.
+        (NOW - 3600, "; the task finished 1h 0m ago and its URL expired at 2025-11-24T17:01:00Z"),
+        (NOW - 307, "; the task finished 5m 7s ago and its URL expires at 2025-11-24T17:55:53Z"),
+    ],
+)
+def test_a_refused_download_names_the_status_the_results_age_and_its_urls_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, completed_at: float | None, age: str
+) -> None:
+    """What tells a user whether the presigned URL simply expired before the download."""
+    monkeypatch.setattr(storage, "time", SimpleNamespace(time=lambda: NOW))
+    image = ResultImage(RESULT_URL, "png", 3600)
+    result = TaskResult("task-7", TaskStatus.SUCCEED, images=(image,), completed_at=completed_at)
+    with pytest.raises(NovitaError) as info:
+        persist([result], str(tmp_path), httpx.MockTransport(lambda request: httpx.Response(403)))
+    assert str(info.value) == (
+        "Result of Novita task task-7 could not be downloaded from https://results.test/out/result.png: "
+        f"HTTP 403{age}"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+class ChunkedBody(httpx.SyncByteStream):
+    """A body that arrives in several pieces, as a large one does from the network."""
+
+    def __init__(self, body: bytes, pieces: int) -> None:
+        self.body, self.pieces = body, pieces
+
+    def __iter__(self) -> Iterator[bytes]:
+        step = -(-len(self.body) // self.pieces)
+        for start in range(0, len(self.body), step):
+            yield self.body[start : start + step]
+
+
+def test_the_size_recorded_for_a_result_of_several_chunks_is_the_whole_files(tmp_path: Path) -> None:
+    body = IMAGE * 200  # 3.2 MB: more than three chunks of 1 MiB
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, headers={"Content-Length": str(len(body))}, stream=ChunkedBody(body, 7)
+        )
+    )
+    (path,), written = persist([record()], str(tmp_path), transport)
+    assert Path(path.removeprefix("file://")).read_bytes() == body
+    assert written == {"task-7": {"path": path, "size": len(body)}}
+
+
+def test_a_result_url_that_redirects_is_followed(tmp_path: Path) -> None:
+    """CDNs answer a result URL with a redirect to where the image is."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "results.test":
+            return httpx.Response(302, headers={"Location": "https://cdn.test/moved/result.png"})
+        return httpx.Response(
+            200, headers={"Content-Length": str(len(IMAGE))}, stream=httpx.ByteStream(IMAGE)
+        )
+
+    transport = httpx.MockTransport(handler)
+    (path,), _ = persist([record()], str(tmp_path), transport)
+    assert Path(path.removeprefix("file://")).read_bytes() == IMAGE
+    assert url_answers(RESULT_URL, transport=transport) is True
+
+
+def test_downloads_and_url_checks_give_up_on_a_silent_server(tmp_path: Path) -> None:
+    """A hung result host fails the task after a bounded wait instead of holding the worker forever."""
+    timeouts: list[dict[str, float]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        timeouts.append(request.extensions["timeout"])
+        return httpx.Response(
+            200, headers={"Content-Length": str(len(IMAGE))}, stream=httpx.ByteStream(IMAGE)
+        )
+
+    persist([record()], str(tmp_path), httpx.MockTransport(handler))
+    url_answers(RESULT_URL, transport=httpx.MockTransport(handler))
+    assert timeouts == [
+        {"connect": 10.0, "read": 60.0, "write": 60.0, "pool": 60.0},
+        {"connect": 10.0, "read": 10.0, "write": 10.0, "pool": 10.0},
+    ]
+
+
+def test_downloads_over_the_network_follow_redirects_and_give_up_on_a_silent_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client made without a test transport, as in production, behaves as the one above."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    timeouts: list[dict[str, float]] = []
+
+    def network(request: httpx.Request) -> httpx.Response:
+        timeouts.append(request.extensions["timeout"])
+        if request.url.host == "results.test":
+            return httpx.Response(302, headers={"Location": "https://cdn.test/moved/result.png"})
+        return httpx.Response(
+            200, headers={"Content-Length": str(len(IMAGE))}, stream=httpx.ByteStream(IMAGE)
+        )
+
+    class OverAStandInNetwork(httpx.Client):
+        def __init__(self, **options: Any) -> None:
+            super().__init__(**options, transport=httpx.MockTransport(network))
+
+    monkeypatch.setattr("airflow_provider_novita.storage.httpx.Client", OverAStandInNetwork)
+    (path,) = persist_results(
+        [record()],
+        [Destination(None, "4k", 0)],
+        str(tmp_path),
+        map_index=-1,
+        written_before={},
+        on_written=lambda *_: None,
+    )
+    assert Path(path.removeprefix("file://")).read_bytes() == IMAGE
+    assert url_answers(RESULT_URL) is True
+    download = {"connect": 10.0, "read": 60.0, "write": 60.0, "pool": 60.0}
+    check = {"connect": 10.0, "read": 10.0, "write": 10.0, "pool": 10.0}
+    assert timeouts == [download, download, check, check]
+
+
+def test_a_result_saved_to_object_storage_carries_its_image_content_type(s3: S3Bucket) -> None:
+    """Served from S3 as an image, not as a download of unknown bytes."""
+    (path,), _ = persist([record(image_type="png")], s3.uri("out"), serving())
+    body, content_type = s3.get(path.split(f"{s3.name}/", 1)[1])
+    assert body == IMAGE
+    assert content_type == "image/png"
+
+
+# --- results an earlier try saved -----------------------------------------------------------------
+
+
+def test_a_file_an_earlier_try_completed_is_kept_and_not_downloaded_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, stream=httpx.ByteStream(IMAGE))
+
+    with caplog.at_level(logging.INFO, logger="airflow_provider_novita"):
+        (path,), first_try = persist([record()], str(tmp_path), serving())
+        paths, written = persist([record()], str(tmp_path), httpx.MockTransport(handler), first_try)
+    assert paths == [path]
+    assert requests == []
+    assert written == {}, "nothing new was written"
+    assert [r.getMessage() for r in caplog.records if r.name == "airflow_provider_novita.storage"] == [
+        f"Saved Novita task task-7 result to {path} ({len(IMAGE)} bytes)",
+        f"Keeping {path}, written by an earlier try for Novita task task-7",
+    ]
+
+
+@pytest.mark.parametrize("changed", ["size", "path"])
+def test_a_file_unlike_what_the_earlier_try_recorded_is_downloaded_again(
+    tmp_path: Path, changed: str
+) -> None:
+    (path,), first_try = persist([record()], str(tmp_path), serving())
+    recorded = first_try["task-7"]
+    if changed == "size":
+        recorded["size"] -= 1
+    else:
+        recorded["path"] = path + ".old"
+    paths, written = persist([record()], str(tmp_path), serving(), first_try)
+    assert paths == [path]
+    assert written == {"task-7": {"path": path, "size": len(IMAGE)}}
 
 
 # --- file names -----------------------------------------------------------------------------------
@@ -243,6 +427,30 @@ def test_unsafe_characters_are_replaced_and_the_sensor_omits_the_resolution() ->
 
 def test_without_a_source_the_stem_is_the_novita_task_id() -> None:
     assert output_name(*RECORD, Destination(None, "8k", 0), -1).startswith("task-7-8k-")
+
+
+@pytest.mark.parametrize(
+    ("source", "stem"),
+    [
+        ("https://img.test/photos/cat.v2.png", "cat.v2"),  # only the last extension goes
+        ("https://img.test/albums/BOX/", "BOX"),  # a trailing slash names the last segment
+        ("https://img.test", "task-7"),  # no file name at all: the task id
+    ],
+)
+def test_the_stem_is_the_sources_file_name_without_its_extension(source: str, stem: str) -> None:
+    assert output_name(*RECORD, Destination(source, None, 0), -1).rsplit("-", 1)[0] == stem
+
+
+@pytest.mark.parametrize(
+    ("task_id", "stem"),
+    [
+        ("XRAY-X", "XRAY-X"),
+        # Cut at 80 characters right after a separator, which goes too.
+        ("a" * 79 + "-b", "a" * 79),
+    ],
+)
+def test_a_stem_keeps_its_letters_and_loses_separators_at_its_ends(task_id: str, stem: str) -> None:
+    assert output_name(task_id, "png", Destination(None, None, 0), -1).rsplit("-", 1)[0] == stem
 
 
 HOSTILE_TASK_IDS = [
@@ -394,9 +602,12 @@ def test_asking_a_result_url_logs_its_host_but_never_its_query_string(
         url_answers(RESULT_URL, transport=httpx.MockTransport(handler))
     # httpx logs every request with its full URL at INFO; Airflow sets that logger to WARN.
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("airflow_provider_novita")]
-    assert ours
-    assert any("results.test" in message for message in ours)
-    assert not any("secret" in message for message in ours)
+    where = "https://results.test/out/result.png"
+    assert ours == [
+        f"Result URL {where} did not answer: ConnectError: cannot connect to {where}?…"
+        if fails
+        else f"Result URL {where} answered HTTP 403"
+    ]
 
 
 def _encoded(image_format: str) -> bytes:
@@ -461,6 +672,29 @@ class TestFilesARerunMayReuse:
             is None
         )
         assert existing_result(str(tmp_path), "png", self.DESTINATION, 4) is None
+
+    @pytest.mark.parametrize("padding", [0, 14])
+    def test_a_jpeg_may_end_in_a_few_bytes_of_padding(self, tmp_path: Path, padding: int) -> None:
+        self.saved(tmp_path, "jpeg", _encoded("JPEG") + b"\x00" * padding)
+
+        assert existing_result(str(tmp_path), "jpeg", self.DESTINATION, 3) is not None
+
+    @pytest.mark.parametrize("padding", [15, 40])
+    def test_a_jpeg_with_more_after_its_end_marker_is_not(self, tmp_path: Path, padding: int) -> None:
+        """An end marker well before the end is not the file's: an embedded image's, or a cut file's."""
+        self.saved(tmp_path, "jpeg", _encoded("JPEG") + b"\x00" * padding)
+
+        assert existing_result(str(tmp_path), "jpeg", self.DESTINATION, 3) is None
+
+    def test_a_file_of_a_format_that_cannot_be_checked_is_not(self, tmp_path: Path) -> None:
+        self.saved(tmp_path, "gif", b"GIF89a" + bytes(100))
+
+        assert existing_result(str(tmp_path), "gif", self.DESTINATION, 3) is None
+
+    def test_a_folder_under_the_name_is_not(self, tmp_path: Path) -> None:
+        (tmp_path / output_name("", "png", self.DESTINATION, map_index=3)).mkdir()
+
+        assert existing_result(str(tmp_path), "png", self.DESTINATION, 3) is None
 
     def test_a_missing_folder_means_nothing_to_reuse(self, tmp_path: Path) -> None:
         assert existing_result(str(tmp_path / "not-yet"), "png", self.DESTINATION, 3) is None

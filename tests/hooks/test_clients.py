@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import time
 
+import httpx
 import pytest
 
 from airflow_provider_novita.hooks import clients
@@ -42,6 +44,15 @@ class TestAdmission:
         clock.now += 60
         assert [admission.delay() for _ in range(6)] == pytest.approx([0, 0, 0, 0, 0, 0.1])
 
+    def test_a_request_that_fits_a_partly_refilled_allowance_starts_at_once(self) -> None:
+        clock = Clock()
+        admission = Admission(rate=10, burst=5, clock=clock)
+        for _ in range(5):
+            admission.delay()
+        clock.now += 0.15  # one and a half requests' worth
+        assert admission.delay() == 0
+        assert admission.delay() == pytest.approx(0.05)
+
 
 class TestRequests:
     SETTINGS = ConnectionSettings("https://novita.test", "sk-1", timeout=60)
@@ -52,12 +63,58 @@ class TestRequests:
         assert request.headers["Authorization"] == "Bearer sk-1"
         assert request.extensions["timeout"] == {"connect": 10, "read": 60, "write": 60, "pool": 60}
 
+    def test_a_client_keeps_its_connections_open_between_the_slowest_polls(self) -> None:
+        """Up to 32 connections, all kept alive for 60 s: longer than the longest wait between polls."""
+        options = self.SETTINGS.client_options(clients.shared_ssl_context(), None)
+        assert options["limits"] == httpx.Limits(
+            max_connections=32, max_keepalive_connections=32, keepalive_expiry=60.0
+        )
+
     def test_timeouts_are_cut_only_when_the_deadline_is_closer_than_the_connections(self) -> None:
         far = self.SETTINGS.request("GET", "/x", deadline=time.time() + 3600)
         assert far.extensions["timeout"]["read"] == 60
         near = self.SETTINGS.request("GET", "/x", deadline=time.time() + 5)
         assert 0 < near.extensions["timeout"]["read"] <= 5
         assert near.extensions["timeout"]["connect"] <= 5
+
+
+class TestProxy:
+    @pytest.mark.parametrize("value", [None, ""])
+    def test_an_empty_proxy_means_the_environments(self, value: object) -> None:
+        assert clients.proxy_url(value, "novita_default") is None
+
+    @pytest.mark.parametrize("value", ["http://proxy.corp:3128", " https://u:p@proxy.corp:3128 "])
+    def test_an_http_or_https_proxy_url_is_taken(self, value: str) -> None:
+        assert clients.proxy_url(value, "novita_default") == value.strip()
+
+    @pytest.mark.parametrize(
+        ("value", "got"),
+        [
+            (3128, "a int"),
+            ("proxy.corp:3128", "'proxy.corp:3128'"),
+            ("http://[::1", "'http://[::1'"),
+            # Whatever stands before the last "@" or after a "?" may be a credential: never shown.
+            ("socks5://corp:s3cret@proxy.corp:1080/?token=t0k", "'proxy.corp:1080/'"),
+            ("a@b:s3cret@proxy.corp", "'proxy.corp'"),
+        ],
+    )
+    def test_a_bad_proxy_is_refused_naming_it_without_credentials(self, value: object, got: str) -> None:
+        with pytest.raises(
+            ValueError, match=f"extra 'proxy' must be an http:// or https:// URL.*; got {re.escape(got)}$"
+        ):
+            clients.proxy_url(value, "novita_default")
+
+    @pytest.mark.parametrize(
+        ("proxy", "secrets"),
+        [
+            ("http://u:pw@proxy.corp:3128", {"u:pw", "pw"}),
+            ("http://u:p@proxy.corp:3128", {"u:p"}),  # one character is no secret to mask everywhere
+            ("http://u:pa:ss@proxy.corp:3128", {"u:pa:ss", "pa:ss"}),
+            ("http://u:s3cr%21t@proxy.corp:3128", {"u:s3cr%21t", "s3cr%21t", "u:s3cr!t", "s3cr!t"}),
+        ],
+    )
+    def test_the_proxy_credentials_are_its_secrets(self, proxy: str, secrets: set[str]) -> None:
+        assert set(clients.proxy_secrets(proxy)) == secrets
 
 
 class Lookups:

@@ -61,18 +61,38 @@ async def test_the_async_wait_ends_at_its_deadline_despite_retry_after(
         outcome.results_or_raise("Timed out")
 
 
+@pytest.mark.parametrize("left", [5, 0.5])
 def test_a_retry_wait_that_would_pass_the_deadline_is_cut_there(
-    hook: NovitaHook, fake: FakeNovita, monkeypatch: pytest.MonkeyPatch
+    hook: NovitaHook, fake: FakeNovita, monkeypatch: pytest.MonkeyPatch, left: float
 ) -> None:
     slept: list[float] = []
     monkeypatch.setattr("airflow_provider_novita.hooks.novita.time.sleep", slept.append)
     fake.fail_next(error(429, "RATE_LIMIT_EXCEEDED", "slow down", {"Retry-After": "60"}))
-    deadline = time.time() + 5
-    with pytest.raises(NovitaTimeoutError, match=r"Deadline reached while retrying after: .*HTTP 429"):
+    deadline = time.time() + left
+    with pytest.raises(
+        NovitaTimeoutError,
+        match=r"^Deadline reached while retrying after: .*HTTP 429.*; "
+        r"1 Novita task\(s\) still unfinished: task-7$",
+    ):
         hook.get_task_result("task-7", deadline=deadline)
     assert len(slept) == 1
-    assert 0 < slept[0] <= 5
+    assert 0 < slept[0] <= left
     assert len(fake.requests) == 1
+
+
+def test_test_connection_answers_at_its_deadline_despite_retry_after(
+    hook: NovitaHook, fake: FakeNovita, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone waits in the UI: a Retry-After of a minute ends at the connection test's own deadline."""
+    slept: list[float] = []
+    monkeypatch.setattr("airflow_provider_novita.hooks.novita.time.sleep", slept.append)
+    fake.fail_next(error(429, "RATE_LIMIT_EXCEEDED", "slow down", {"Retry-After": "60"}))
+    ok, message = hook.test_connection()
+    assert not ok
+    assert message.startswith("Deadline reached while retrying after: Novita API error: HTTP 429"), message
+    assert len(fake.requests) == 1
+    assert len(slept) == 1
+    assert 0 < slept[0] <= 10
 
 
 def test_a_retry_that_fits_before_the_deadline_is_made(hook: NovitaHook, fake: FakeNovita) -> None:
@@ -82,11 +102,12 @@ def test_a_retry_that_fits_before_the_deadline_is_made(hook: NovitaHook, fake: F
     assert len(fake.requests) == 2
 
 
-def test_each_request_timeout_is_cut_to_what_is_left(hook: NovitaHook, fake: FakeNovita) -> None:
+@pytest.mark.parametrize("left", [2, 0.5])
+def test_each_request_timeout_is_cut_to_what_is_left(hook: NovitaHook, fake: FakeNovita, left: float) -> None:
     knows_finished_task(fake, "task-7")
-    hook.get_task_result("task-7", deadline=time.time() + 2)
+    hook.get_task_result("task-7", deadline=time.time() + left)
     timeouts = fake.requests[-1].extensions["timeout"]
-    assert all(0 < seconds <= 2 for seconds in timeouts.values())
+    assert all(0 < seconds <= left for seconds in timeouts.values())
 
 
 def test_without_a_deadline_the_connection_timeout_applies(hook: NovitaHook, fake: FakeNovita) -> None:
@@ -96,6 +117,17 @@ def test_without_a_deadline_the_connection_timeout_applies(hook: NovitaHook, fak
 
 
 def test_nothing_is_sent_once_the_deadline_has_passed(hook: NovitaHook, fake: FakeNovita) -> None:
-    with pytest.raises(NovitaTimeoutError, match="still unfinished: task-7"):
+    with pytest.raises(
+        NovitaTimeoutError,
+        match=r"^Deadline passed before the request was sent; 1 Novita task\(s\) still unfinished: task-7$",
+    ):
         hook.get_task_result("task-7", deadline=time.time() - 1)
+    assert fake.requests == []
+
+
+async def test_nothing_is_sent_once_the_deadline_has_passed_async_either(
+    hook: NovitaHook, fake: FakeNovita
+) -> None:
+    with pytest.raises(NovitaTimeoutError, match="still unfinished: task-7"):
+        await hook.aget_task_result("task-7", deadline=time.time() - 1)
     assert fake.requests == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -55,7 +56,11 @@ def test_a_key_no_header_can_carry_is_refused_without_repeating_it(
     connection(monkeypatch, key)
     fake = FakeNovita()
     hook = NovitaHook(transport=fake.transport(), retry_policy=FAST)
-    with pytest.raises(ValueError, match="the API key contains spaces, control or non-ASCII") as info:
+    with pytest.raises(
+        ValueError,
+        match=r"^Connection 'novita_default': the API key contains spaces, control or non-ASCII characters, "
+        r"which an HTTP header cannot carry; check for a stray character copied along with the key$",
+    ) as info:
         hook.submit_upscale(REQUEST)
     assert key not in str(info.value)
     ok, message = NovitaHook(transport=fake.transport(), retry_policy=FAST).test_connection()
@@ -87,6 +92,41 @@ def test_no_httpx_error_carries_the_key_into_a_message_or_a_log(
         for spelling in (ODD_KEY, repr(ODD_KEY)[1:-1], repr(ODD_KEY.encode())[2:-1]):
             assert spelling not in text
     assert error_type.__name__ in str(info.value)
+
+
+async def test_the_async_lookup_masks_the_key_without_blocking_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Airflow 3.3+: the async masker, awaited; the stored and the stripped key are both masked."""
+    connection(monkeypatch, " sk-live-async-1\n")
+    masked: list[str] = []
+
+    async def amask_secret(secret: str) -> None:
+        masked.append(secret)
+
+    def blocking(secret: str) -> None:
+        raise AssertionError("the sync masker was called on the event loop")
+
+    # The SDK's log module as the hook sees it, with its two maskers.
+    monkeypatch.setattr(
+        "airflow_provider_novita.hooks.novita.sdk_log",
+        SimpleNamespace(amask_secret=amask_secret, mask_secret=blocking),
+    )
+    assert (await NovitaHook("novita_default").asettings()).api_key == "sk-live-async-1"
+    assert sorted(masked) == [" sk-live-async-1\n", "sk-live-async-1"]
+
+
+async def test_before_airflow_3_3_the_async_lookup_masks_with_the_sync_masker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Airflow 3.1 and 3.2 have no async masker: the sync one, safe off a task process, is used."""
+    connection(monkeypatch, "sk-live-async-2")
+    masked: list[str] = []
+    monkeypatch.setattr(
+        "airflow_provider_novita.hooks.novita.sdk_log", SimpleNamespace(mask_secret=masked.append)
+    )
+    assert (await NovitaHook("novita_default").asettings()).api_key == "sk-live-async-2"
+    assert masked == ["sk-live-async-2"]
 
 
 def test_a_signed_source_url_that_novita_quotes_loses_its_query_string() -> None:
