@@ -120,14 +120,19 @@ class NovitaTaskFailedError(NovitaError):
 
 
 class NovitaTimeoutError(NovitaError):
-    """The deadline passed before every task of the batch finished."""
+    """
+    The deadline passed before every task of the batch finished, or before a call about no task
+    (a submission, the connection test) got its answer; then ``unfinished`` is empty.
+    """
 
     def __init__(self, unfinished: Sequence[str], timeout_description: str) -> None:
         self.unfinished = list(unfinished)
-        super().__init__(
-            f"{timeout_description}; {len(self.unfinished)} Novita task(s) still unfinished: "
-            + ", ".join(self.unfinished)
-        )
+        message = timeout_description
+        if self.unfinished:
+            message += f"; {len(self.unfinished)} Novita task(s) still unfinished: " + ", ".join(
+                self.unfinished
+            )
+        super().__init__(message)
 
 
 _ERRORS_BY_STATUS: dict[int, type[NovitaAPIError]] = {

@@ -89,7 +89,10 @@ def test_test_connection_answers_at_its_deadline_despite_retry_after(
     fake.fail_next(error(429, "RATE_LIMIT_EXCEEDED", "slow down", {"Retry-After": "60"}))
     ok, message = hook.test_connection()
     assert not ok
-    assert message.startswith("Deadline reached while retrying after: Novita API error: HTTP 429"), message
+    assert (
+        message
+        == "Deadline reached while retrying after: Novita API error: HTTP 429 RATE_LIMIT_EXCEEDED: slow down"
+    )
     assert len(fake.requests) == 1
     assert len(slept) == 1
     assert 0 < slept[0] <= 10
