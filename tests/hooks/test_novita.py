@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from airflow.sdk import Connection
 
 from airflow_provider_novita import CONNECTION_FIELDS
 from airflow_provider_novita.exceptions import (
@@ -30,6 +31,7 @@ from airflow_provider_novita.hooks import clients
 from airflow_provider_novita.hooks.clients import (
     MAX_IN_FLIGHT,
     SETTINGS_TTL,
+    ConnectionSettings,
     connection_settings,
     shared_async_clients,
 )
@@ -123,7 +125,6 @@ class TestConnection:
     @pytest.mark.parametrize(
         ("extra", "message"),
         [
-            ('"not json', "Connection 'novita_default' has an extra that is not valid JSON"),
             ({"max_retries": -1}, "Connection 'novita_default': extra 'max_retries' must be a non-negative"),
             ({"timeout": -1}, "Connection 'novita_default': extra 'timeout' must be a non-negative"),
             ({"proxy": "proxy.corp"}, "Connection 'novita_default': extra 'proxy' must be an http://"),
@@ -136,6 +137,14 @@ class TestConnection:
         monkeypatch.setenv("AIRFLOW_CONN_NOVITA_DEFAULT", json.dumps(conn))
         with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
             NovitaHook().settings  # noqa: B018
+
+    def test_an_extra_that_is_not_json_names_the_connection(self) -> None:
+        """Built directly: Airflow 3.1 refuses it in ``AIRFLOW_CONN_*`` before a hook sees it."""
+        conn = Connection(conn_id="novita_default", conn_type="novita", password="k", extra='"not json')
+        with pytest.raises(
+            ValueError, match=r"^Connection 'novita_default' has an extra that is not valid JSON$"
+        ):
+            ConnectionSettings.from_connection(conn)
 
     def test_key_is_not_in_the_settings_repr(self, hook: NovitaHook) -> None:
         assert API_KEY not in repr(hook.settings)
