@@ -15,19 +15,23 @@ always holds a complete image and a broken download leaves nothing behind. ``Con
 counts the bytes on the wire: a result served with ``Content-Encoding: gzip`` is checked against the
 compressed bytes received and saved decoded.
 
-File names are ``<stem>-<resolution>-<digest>.<ext>``: ``stem`` is the source image's file name
-without extension (the Novita task id when the source is unknown, ``image`` when neither leaves
-anything), ``resolution`` is omitted when unknown (the sensor does not know it), ``ext`` is the
-result's format, and ``digest`` is the first 8 hex digits of the SHA-256 of the source (its URL or
+File names are ``<stem>-<resolution>-<digest>.<ext>``, made only from what the task knows before it
+submits, so that a re-run finds the file without asking Novita anything: ``stem`` is the source
+image's file name without extension, or :data:`FALLBACK_STEM` when the source gives none that is
+usable (a query-only URL such as ``https://cdn.example.com/?id=42``, a bare host, a name of dots or
+of non-ASCII letters); ``resolution`` is omitted when unknown (the sensor does not know it); ``ext`` is
+the result's format; and ``digest`` is the first 8 hex digits of the SHA-256 of the source (its URL or
 object storage URI, as the DAG gave it, never a signed URL), the map index and the position in the
-batch. Two images of one batch or of one mapped task therefore never
-share a name, and a re-run of the same DAG run writes to the same names.
+batch. The digest keeps apart the names that share a stem: two images of one batch or of one mapped
+task never share a name, and a re-run of the same DAG run writes to the same names. Only a sensor
+given no source images names its files after the Novita task ids it was given, which it also knows
+before it starts.
 
-The task id and the format come from Novita's answer, so they are treated as untrusted: every part
-of a name keeps only ``A-Za-z0-9._-`` (other runs become ``_``, runs of dots one dot, leading and
-trailing ``._-`` are dropped, the stem is capped at :data:`STEM_LIMIT` characters), and the
-extension is ``jpg``, ``png`` or ``webp`` when the format is one of those and ``bin`` otherwise. A
-name therefore never contains a path separator or ``..`` and always lands inside ``output_path``.
+Sources and task ids are untrusted text: every part of a name keeps only ``A-Za-z0-9._-`` (other
+runs become ``_``, runs of dots one dot, leading and trailing ``._-`` are dropped, the stem is
+capped at :data:`STEM_LIMIT` characters), and the extension is ``jpg``, ``png`` or ``webp`` when the
+format is one of those and ``bin`` otherwise. A name therefore never contains a path separator or
+``..`` and always lands inside ``output_path``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 1024 * 1024
 DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 STEM_LIMIT = 80
+# The stem of a file whose source gives no usable name; the digest keeps such files apart.
+FALLBACK_STEM = "image"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _DOTS = re.compile(r"\.{2,}")
 _QUERY = re.compile(r"\?[^\s'\"<>]*")
@@ -105,12 +111,18 @@ def output_root(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
 
 
 def output_name(task_id: str, image_type: str | None, destination: Destination, map_index: int) -> str:
-    """The documented, deterministic file name of one result (see the module docstring)."""
+    """
+    The documented, deterministic file name of one result (see the module docstring).
+
+    ``task_id`` names the file only when the source is unknown (``source_image`` None): a result whose
+    source was given must be found again by a re-run that has no task id to look it up with.
+    """
     source = destination.source_image
-    url_stem = ""
-    if source:
-        url_stem = unquote(urlsplit(source).path.rstrip("/").rsplit("/", 1)[-1]).rsplit(".", 1)[0]
-    stem = _safe(url_stem) or _safe(task_id) or "image"
+    if source is None:
+        stem = _safe(task_id)
+    else:
+        stem = _safe(unquote(urlsplit(source).path.rstrip("/").rsplit("/", 1)[-1]).rsplit(".", 1)[0])
+    stem = stem or FALLBACK_STEM
     resolution = _safe(destination.resolution or "")
     digest = hashlib.sha256(f"{source}|{map_index}|{destination.position}".encode()).hexdigest()[:8]
     parts = [stem, resolution, digest] if resolution else [stem, digest]

@@ -434,11 +434,17 @@ def test_without_a_source_the_stem_is_the_novita_task_id() -> None:
     [
         ("https://img.test/photos/cat.v2.png", "cat.v2"),  # only the last extension goes
         ("https://img.test/albums/BOX/", "BOX"),  # a trailing slash names the last segment
-        ("https://img.test", "task-7"),  # no file name at all: the task id
+        ("https://img.test", "image"),  # no file name at all
+        ("https://cdn.test/?id=42", "image"),  # only a query: never the Novita task id
     ],
 )
 def test_the_stem_is_the_sources_file_name_without_its_extension(source: str, stem: str) -> None:
     assert output_name(*RECORD, Destination(source, None, 0), -1).rsplit("-", 1)[0] == stem
+
+
+def test_a_source_is_named_without_the_novita_task_id_whatever_novita_answered() -> None:
+    destination = Destination("https://cdn.test/?id=42", "2k", 0)
+    assert output_name("task-7", "png", destination, -1) == output_name("task-8", "png", destination, -1)
 
 
 @pytest.mark.parametrize(
@@ -699,10 +705,28 @@ class TestFilesARerunMayReuse:
     def test_a_missing_folder_means_nothing_to_reuse(self, tmp_path: Path) -> None:
         assert existing_result(str(tmp_path / "not-yet"), "png", self.DESTINATION, 3) is None
 
-    def test_the_name_is_the_one_a_download_gets(self, tmp_path: Path) -> None:
-        (path,) = persist_results(
-            [record(task_id="task-9", image_type="png")],
-            [self.DESTINATION],
+    @pytest.mark.parametrize(
+        "source",
+        [
+            "https://example.com/photos/cat.jpg?sig=1",
+            "https://cdn.example.com/?id=42",  # only a query
+            "https://cdn.example.com",  # a bare host
+            "https://cdn.example.com/%E5%86%99%E7%9C%9F.png",  # 写真.png
+            "https://cdn.example.com/写真.png",
+            "https://cdn.example.com/.../..png",  # names of dots
+            "https://cdn.example.com/albums/summer/",  # a trailing slash
+            "https://cdn.example.com/" + "n" * 2000 + ".png",
+            "s3://aws_default@bucket/",
+        ],
+    )
+    def test_a_saved_result_is_found_again_with_the_arguments_that_saved_it(
+        self, tmp_path: Path, source: str
+    ) -> None:
+        """Through the real path: what persist_results wrote, existing_result finds, knowing no task id."""
+        destinations = [Destination(source, "2k", position) for position in range(2)]
+        paths = persist_results(
+            [record(task_id="task-9", image_type="png"), record(task_id="task-10", image_type="png")],
+            destinations,
             str(tmp_path),
             map_index=3,
             written_before={},
@@ -710,7 +734,12 @@ class TestFilesARerunMayReuse:
             transport=serving(_encoded("PNG")),
         )
 
-        assert existing_result(str(tmp_path), "png", self.DESTINATION, 3) == path
+        assert len(set(paths)) == 2, "two positions of one source must not share a file"
+        found = [existing_result(str(tmp_path), "png", destination, 3) for destination in destinations]
+        assert found == paths
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+            path.rsplit("/", 1)[1] for path in paths
+        )
 
 
 class TestBehindAProxy:
