@@ -1,11 +1,13 @@
 """
 The provider's exceptions, and the one place where Novita's error responses are mapped onto them.
 
-Everything the provider raises about Novita derives from :class:`NovitaError`, so a DAG author can
-catch one class. The subclasses follow what a caller does next: an :class:`NovitaAuthError` needs a
-new key, a :class:`NovitaRateLimitError` needs patience, a :class:`NovitaTaskFailedError` needs a
-look at the source image. Messages name Novita's ``reason``, the HTTP status and the task id, and
-never the API key: the key only ever travels in a request header, which no message here renders.
+Everything the provider raises derives from :class:`NovitaError`, so a DAG author can catch one
+class. The subclasses follow what a caller does next and name the party to blame: an
+:class:`NovitaAuthError` needs a new key in the connection it names, a :class:`NovitaRateLimitError`
+needs patience, a :class:`NovitaTaskFailedError` needs a look at the source image, a
+:class:`NovitaProxyError` is the proxy's, a :class:`NovitaStorageError` the object store's. Messages
+name Novita's ``reason``, the HTTP status and the task id, and never the API key, a proxy's
+credentials or a signed URL's query string.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 
 
 class NovitaError(AirflowException):
-    """Base class of every error this provider raises about Novita."""
+    """Base class of every error this provider raises."""
 
 
 class NovitaAPIError(NovitaError):
@@ -36,9 +38,12 @@ class NovitaAPIError(NovitaError):
     :param reason: Novita's machine-readable reason, e.g. ``INVALID_API_KEY`` (empty if the body had none).
     :param message: Novita's human-readable message.
     :param task_id: the Novita task the request was about, if any.
+    :param fix: what to change, and where, when that is known (the connection to correct).
     """
 
-    def __init__(self, http_status: int, reason: str, message: str, task_id: str | None = None) -> None:
+    def __init__(
+        self, http_status: int, reason: str, message: str, task_id: str | None = None, fix: str = ""
+    ) -> None:
         self.http_status = http_status
         self.reason = reason
         self.message = message
@@ -48,15 +53,20 @@ class NovitaAPIError(NovitaError):
             detail += f": {message}"
         if task_id:
             detail += f" (task id {task_id})"
+        if fix:
+            detail += f". {fix}"
         super().__init__(detail)
 
 
 class NovitaBadRequestError(NovitaAPIError):
-    """HTTP 400: the request was invalid, or the account cannot pay for it. Retrying will not help."""
+    """
+    HTTP 400: the request was invalid (a parameter, the image), or the account cannot pay for it
+    (``BILLING_BALANCE_NOT_ENOUGH``). Sending the same request again will not help.
+    """
 
 
 class NovitaAuthError(NovitaAPIError):
-    """HTTP 401/403: the API key is missing, wrong, or not allowed to use this API."""
+    """HTTP 401/403: the API key is missing, wrong or not allowed to use this API; names the connection."""
 
 
 class NovitaNotFoundError(NovitaAPIError):
@@ -104,6 +114,34 @@ class NovitaConnectionError(NovitaError):
         self.request_sent = request_sent
 
 
+class NovitaProxyError(NovitaConnectionError):
+    """
+    The proxy in front of Novita refused the request or could not be reached; Novita saw nothing.
+
+    :param proxy: the proxy's URL without its credentials.
+    :param origin: where the proxy came from: the connection's extra ``proxy`` or an environment variable.
+    :param http_status: the proxy's refusal (407: it wants other credentials), or None when it could
+        not be reached at all.
+    """
+
+    def __init__(self, problem: str, *, proxy: str, origin: str, http_status: int | None) -> None:
+        self.proxy = proxy
+        self.origin = origin
+        self.http_status = http_status
+        fix = f"; fix the credentials in {origin}" if http_status == 407 else ""
+        super().__init__(
+            f"Proxy error: the proxy {proxy} (from {origin}) {problem}; Novita was not reached{fix}",
+            request_sent=False,
+        )
+
+
+class NovitaStorageError(NovitaError):
+    """
+    An object store, not Novita, failed: a source could not be checked or signed. Usually passing
+    (a timeout, a throttled request); the message names the object and the store's error.
+    """
+
+
 class NovitaTaskFailedError(NovitaError):
     """
     One or more Novita tasks ended ``TASK_STATUS_FAILED``.
@@ -143,9 +181,11 @@ _ERRORS_BY_STATUS: dict[int, type[NovitaAPIError]] = {
 }
 
 
-def error_from_response(response: httpx.Response, task_id: str | None = None) -> NovitaAPIError:
+def error_from_response(
+    response: httpx.Response, task_id: str | None = None, conn_id: str | None = None
+) -> NovitaAPIError:
     """
-    Build the exception for a non-2xx answer.
+    Build the exception for a non-2xx answer; a refused key names ``conn_id``, the connection to fix.
 
     Novita's error body is ``{"code", "reason", "message", "metadata"}``; proxies in front of it
     answer with HTML or nothing, so every field is optional and the status line is the fallback.
@@ -167,7 +207,11 @@ def error_from_response(response: httpx.Response, task_id: str | None = None) ->
         return NovitaRateLimitError(status, reason, message, task_id, parse_retry_after(response))
     if status >= 500:
         return NovitaServerError(status, reason, message, task_id)
-    return _ERRORS_BY_STATUS.get(status, NovitaAPIError)(status, reason, message, task_id)
+    error = _ERRORS_BY_STATUS.get(status, NovitaAPIError)
+    fix = ""
+    if error is NovitaAuthError and conn_id is not None:
+        fix = f"Check the API key (the password) of Airflow connection {conn_id!r}"
+    return error(status, reason, message, task_id, fix)
 
 
 def parse_retry_after(response: httpx.Response) -> float | None:

@@ -98,6 +98,8 @@ IMAGE_FORMS = (
     "abfs://container/key, or an ObjectStoragePath"
 )
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+# Schemes whose user info is a credential (a URL's or a proxy's), not an Airflow connection id.
+_NETWORK_SCHEMES = ("http", "https", "socks5", "socks5h")
 _LOCAL_SCHEMES = ("file", "local")
 
 
@@ -168,10 +170,13 @@ def check_images(image: object) -> list[str]:
 
 def redact_url(url: object) -> str:
     """
-    A URL as it may appear in a log line or a message: scheme, host, port and path only.
+    A URL as it may appear in a log line or a message: scheme, host, port and path only, and for an
+    object storage URI the Airflow connection it names (``s3://aws_default@bucket/key``, as
+    ``ObjectStoragePath`` shows it), so that every message names a source the same way.
 
-    Source and result URLs are often pre-signed; their query string is a credential, and so is any
-    user info before the host.
+    Source and result URLs are often pre-signed; their query string is a credential, and so is the
+    user info before the host of an http(s) URL or a proxy URL. A storage URI's user is a connection
+    id, which is not; a password after it is never shown.
     """
     try:
         parts = urlsplit(str(url))
@@ -181,7 +186,9 @@ def redact_url(url: object) -> str:
         return "<unparseable URL>"
     if not parts.scheme:
         return parts.path[:MAX_TEXT]
-    return f"{parts.scheme}://{host}{port}{parts.path}"[:MAX_TEXT]
+    scheme = parts.scheme.lower()
+    conn_id = f"{parts.username}@" if parts.username and scheme not in _NETWORK_SCHEMES else ""
+    return f"{parts.scheme}://{conn_id}{host}{port}{parts.path}"[:MAX_TEXT]
 
 
 def _shown(value: object) -> str:

@@ -7,8 +7,12 @@ create a task, because Novita has no idempotency key and bills every task it cre
 503 (Novita's documented "overloaded, retry" answers), and on transport errors raised before the
 request left this machine. Any other failure of a submission after the request was sent (500, 502,
 504, a read timeout, a broken connection, an odd body) is *uncertain*: Novita may have created and
-billed a task whose id never arrived. 400, 401, 403 and 404 are never retried: the same request
-would fail the same way.
+billed a task whose id never arrived. 400, 401, 403, 404 and a proxy's 407 are never retried: the
+same request would fail the same way.
+
+Some of those no retry of the whole Airflow task can change either (:func:`is_permanent`): a refused
+key, an invalid parameter, a proxy that refuses its credentials. The operator and the sensor fail
+the task at once for them instead of spending every Airflow retry on the same answer.
 
 Waits grow exponentially with full jitter up to ``max_wait``; a ``Retry-After`` from the server
 overrides that (up to ``max_retry_after``), because the server knows best when it will have room.
@@ -24,26 +28,47 @@ import random
 from dataclasses import dataclass
 
 from airflow_provider_novita.exceptions import (
+    NovitaAuthError,
+    NovitaBadRequestError,
     NovitaConnectionError,
     NovitaInvalidResponseError,
+    NovitaProxyError,
     NovitaRateLimitError,
     NovitaServerError,
 )
 
 # Novita's documented answer to "overloaded, try again later": the request created nothing.
 _RETRYABLE_SUBMIT_STATUSES = (429, 503)
+# The one 400 that the account's owner can change in minutes, by paying.
+_BALANCE_TOO_LOW = "BILLING_BALANCE_NOT_ENOUGH"
 _JITTER = random.Random()
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """
+    True for failures that no retry of the Airflow task can change: the key or its permissions
+    (401, 403), a request Novita found invalid (400, except a balance too low, which a payment
+    changes), a proxy refusing its credentials (407). Each needs someone to change the connection
+    or the DAG first.
+    """
+    if isinstance(exc, NovitaProxyError):
+        return exc.http_status == 407
+    if isinstance(exc, NovitaBadRequestError):
+        return exc.reason != _BALANCE_TOO_LOW
+    return isinstance(exc, NovitaAuthError)
 
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that may pass if the same read is sent again later."""
-    return isinstance(
+    return not is_permanent(exc) and isinstance(
         exc, (NovitaRateLimitError, NovitaServerError, NovitaConnectionError, NovitaInvalidResponseError)
     )
 
 
 def is_safe_to_resubmit(exc: BaseException) -> bool:
-    """True for submission failures after which Novita certainly created no task."""
+    """True for submission failures after which Novita certainly created no task and a resend may pass."""
+    if is_permanent(exc):
+        return False
     if isinstance(exc, (NovitaRateLimitError, NovitaServerError)):
         return exc.http_status in _RETRYABLE_SUBMIT_STATUSES
     return isinstance(exc, NovitaConnectionError) and not exc.request_sent

@@ -11,7 +11,9 @@ DAG gave it, so that a retry, which signs again, still recognises the same image
 
 Everything that can be known before paying is checked before the first submission: the connection
 the URI names exists, its filesystem can sign, and the object exists (Novita would bill a task that
-fails to fetch it). Runs in the worker only: these are blocking calls to the storage.
+fails to fetch it). A source that cannot work raises a ValueError naming it and what is wrong; a
+store that did not answer raises :class:`~airflow_provider_novita.exceptions.NovitaStorageError`,
+which may pass on a retry. Runs in the worker only: these are blocking calls to the storage.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from airflow.sdk import BaseHook, ObjectStoragePath
 from fsspec import AbstractFileSystem
 
 from airflow_provider_novita._compat import AirflowNotFoundException, storage_conn_id
-from airflow_provider_novita.models import IMAGE_FORMS, is_storage_uri, redact_url
+from airflow_provider_novita.exceptions import NovitaStorageError
+from airflow_provider_novita.models import is_storage_uri, redact_url
 from airflow_provider_novita.storage import without_queries
 
 if TYPE_CHECKING:
@@ -63,7 +66,8 @@ class SourceSigner:
     def prepare(self, sources: Iterable[tuple[str, bool]]) -> None:
         """
         Check the storage sources among ``sources`` (source, whether its object must exist) and make
-        their filesystems; raise a ValueError naming ``image`` for the first that cannot work.
+        their filesystems; raise a ValueError naming ``image`` for the first that cannot work, or a
+        NovitaStorageError for the first whose store did not answer.
 
         An image that an earlier try already submitted is not required to exist: a retry reattaches to
         its task if it can, and signs it only if it cannot.
@@ -74,12 +78,15 @@ class SourceSigner:
                 continue
             if source not in self._paths:
                 self._paths[source] = self._path(source)
-            if must_exist:
+            if must_exist and source not in to_check:
                 to_check.append(source)
         with ThreadPoolExecutor(CHECK_CONCURRENCY, thread_name_prefix="novita-check") as pool:
-            for problem in pool.map(self._missing, dict.fromkeys(to_check)):
-                if problem:
-                    raise ValueError(problem)
+            for source, exists in zip(to_check, pool.map(self._exists, to_check), strict=True):
+                if not exists:
+                    raise _refused(
+                        source,
+                        "its object does not exist (checked before submitting: Novita bills a failed fetch)",
+                    )
 
     def url(self, source: str) -> str:
         """The URL Novita fetches for ``source``: a fresh signature for a storage URI (prepared first)."""
@@ -89,7 +96,9 @@ class SourceSigner:
         try:
             signed = path.fs.sign(path.path, expiration=int(self.expiry))  # type: ignore[no-untyped-call]
         except Exception as err:
-            raise _refused(source, f"it could not be signed ({_brief(err)})") from None
+            raise NovitaStorageError(
+                f"image {_shown(source)} could not be signed by its store: {_brief(err)}"
+            ) from None
         if not isinstance(signed, str) or is_storage_uri(signed):
             raise _refused(source, "its filesystem signed it into something other than an http(s) URL")
         return signed
@@ -116,20 +125,14 @@ class SourceSigner:
             )
         return path
 
-    def _missing(self, source: str) -> str:
-        """Why the object of ``source`` cannot be fetched, or an empty string if it is there."""
+    def _exists(self, source: str) -> bool:
+        """Whether the object of ``source`` is there; a store that does not answer may on a retry."""
         try:
-            exists = self._paths[source].exists()
+            return bool(self._paths[source].exists())
         except Exception as err:
-            return str(_refused(source, f"whether it exists could not be checked ({_brief(err)})"))
-        if exists:
-            return ""
-        return str(
-            _refused(
-                source,
-                "the object does not exist (checked before submitting: Novita bills a fetch that fails)",
-            )
-        )
+            raise NovitaStorageError(
+                f"image {_shown(source)}: whether its object exists could not be checked: {_brief(err)}"
+            ) from None
 
 
 def _brief(err: Exception) -> str:
@@ -146,7 +149,11 @@ def _unhandled(source: str, err: Exception) -> ValueError:
     )
 
 
+def _shown(source: str) -> str:
+    """A storage URI as every message and log line shows it: ``s3://conn_id@bucket/key``, no query."""
+    return repr(redact_url(source))
+
+
 def _refused(source: str, problem: str) -> ValueError:
-    return ValueError(
-        f"image {redact_url(source)!r} cannot be submitted: {problem}. image must be {IMAGE_FORMS}"
-    )
+    """A well-formed source that cannot work: what is wrong with it, not what a source may be."""
+    return ValueError(f"image {_shown(source)} cannot be submitted: {problem}")

@@ -103,10 +103,36 @@ def output_root(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
     if value.startswith("/"):
         return ObjectStoragePath(f"file://{value}")
     if "://" in value:
-        return ObjectStoragePath(value)
+        try:
+            return ObjectStoragePath(value)
+        except ValueError as err:  # universal_pathlib's "Unsupported filesystem"
+            raise _unwritable(value, err) from None
     raise ValueError(
         f"output_path must be an absolute path or a URI such as file:///data/out or "
         f"s3://conn@bucket/prefix, got {output_path!r}"
+    )
+
+
+def output_folder(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
+    """
+    :func:`output_root`, and its filesystem made, when the task starts: an ``output_path`` that no
+    filesystem handles (an unknown scheme, a provider not installed, a connection that does not
+    exist) is refused with a ValueError before anything is submitted, not after Novita billed the
+    images whose files could not be written.
+    """
+    root = output_root(output_path)
+    try:
+        root.fs  # noqa: B018
+    except Exception as err:
+        raise _unwritable(str(root), err) from None
+    return root
+
+
+def _unwritable(output_path: str, err: Exception) -> ValueError:
+    return ValueError(
+        f"output_path {redact_url(output_path)!r} cannot be written: no filesystem for it could be made "
+        f"({without_queries(f'{type(err).__name__}: {str(err)[:200]}')}); use a local path or a URI "
+        "of a store whose Airflow provider is installed, with an existing connection"
     )
 
 

@@ -3,10 +3,17 @@ The one-command demo (``make demo``): upscale real images with the example DAGs 
 
 Without ``NOVITA_API_KEY`` it starts the bundled Novita emulator on a free loopback port and runs
 ``example_novita_upscale`` and ``example_novita_daily_batch`` against it with ``airflow dags test``.
-With ``NOVITA_API_KEY`` set it runs ``example_novita_upscale`` against the real Novita API, on the
-DAG's public sample image (this is billed by Novita).
+With ``NOVITA_API_KEY`` set it runs ``example_novita_upscale`` at 2k against the real Novita API, on the
+DAG's public sample image (this is billed by Novita). Two variables redirect that run, e.g. to a
+stand-in for the API that cannot fetch from the internet:
 
-Airflow runs in a throwaway AIRFLOW_HOME; the images land in ``demo-output/`` of the repository.
+- ``NOVITA_BASE_URL``: the API's base URL, the host of the connection (default ``https://api.novita.ai``);
+- ``NOVITA_DEMO_IMAGE_URL``: the source image, which whoever serves the API must be able to download
+  (default: the DAG's sample image).
+
+Airflow runs in a throwaway AIRFLOW_HOME. The images land in ``demo-output/`` of the repository, or in
+the folder ``NOVITA_DEMO_OUTPUT`` names; the demo replaces its ``single/`` and ``daily/`` subfolders
+there and leaves the rest of that folder alone.
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import httpx
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUT = ROOT / "demo-output"
 
 
 def free_port() -> int:
@@ -84,20 +90,23 @@ def dags_test(home: Path, env: dict[str, str], dag_id: str, conf: dict[str, obje
         sys.exit(f"{dag_id} wrote no image to {output}")
 
 
-def describe(folder: Path) -> None:
-    files = sorted(path for path in folder.rglob("*") if path.is_file())
-    if not files:
-        sys.exit(f"No images were written to {folder}")
-    print(f"\nUpscaled images in {folder}:")
+def describe(output: Path, folders: list[Path]) -> None:
+    """Lists the images in ``folders`` (the ones this run wrote, each checked non-empty by dags_test)."""
+    files = sorted(path for folder in folders for path in folder.rglob("*") if path.is_file())
+    print(f"\nUpscaled images in {output}:")
     for path in files:
         with Image.open(path) as image:
             size = f"{image.width}x{image.height}"
-            print(f"  {path.relative_to(ROOT)}  {image.format}  {size}  {path.stat().st_size} bytes")
+            print(f"  {path.relative_to(output.parent)}  {image.format}  {size}  {path.stat().st_size} bytes")
 
 
 def main() -> None:
+    output = Path(os.environ.get("NOVITA_DEMO_OUTPUT") or ROOT / "demo-output").absolute()
+    single, daily = output / "single", output / "daily"
+    # Only the demo's own subfolders: NOVITA_DEMO_OUTPUT may name a folder that holds other files.
+    for folder in (single, daily):
+        shutil.rmtree(folder, ignore_errors=True)
     home = Path(tempfile.mkdtemp(prefix="novita-demo-airflow-"))
-    shutil.rmtree(OUTPUT, ignore_errors=True)
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -110,14 +119,21 @@ def main() -> None:
         airflow(home, env, "db", "migrate")
         api_key = os.environ.get("NOVITA_API_KEY")
         if api_key:
-            print("NOVITA_API_KEY is set: using the real Novita API (billed).")
-            env["AIRFLOW_CONN_NOVITA_DEFAULT"] = json.dumps({"conn_type": "novita", "password": api_key})
-            dags_test(
-                home,
-                env,
-                "example_novita_upscale",
-                {"resolution": "2k", "output_path": f"file://{OUTPUT}/single/"},
-            )
+            connection = {"conn_type": "novita", "password": api_key}
+            # Unset, the connection has no host, which means Novita's own API.
+            base_url = os.environ.get("NOVITA_BASE_URL")
+            if base_url:
+                connection["host"] = base_url
+            where = base_url or "https://api.novita.ai"
+            print(f"NOVITA_API_KEY is set: using the Novita API at {where} (billed).")
+            env["AIRFLOW_CONN_NOVITA_DEFAULT"] = json.dumps(connection)
+            conf: dict[str, object] = {"resolution": "2k", "output_path": f"file://{single}/"}
+            # Unset, the DAG's own default applies: its public sample image.
+            image_url = os.environ.get("NOVITA_DEMO_IMAGE_URL")
+            if image_url:
+                conf["image_url"] = image_url
+            dags_test(home, env, "example_novita_upscale", conf, single)
+            written = [single]
         else:
             emulator, base_url = start_emulator(home / "emulator.log")
             print(f"Started the Novita emulator at {base_url} (no NOVITA_API_KEY set).")
@@ -132,9 +148,9 @@ def main() -> None:
                     "image_url": f"{base_url}/samples/landscape.png",
                     "resolution": "4k",
                     "output_format": "png",
-                    "output_path": f"file://{OUTPUT}/single/",
+                    "output_path": f"file://{single}/",
                 },
-                OUTPUT / "single",
+                single,
             )
             dags_test(
                 home,
@@ -146,11 +162,12 @@ def main() -> None:
                         for name in ("landscape.png", "portrait.jpg", "square.webp")
                     ],
                     "resolution": "2k",
-                    "output_root": f"file://{OUTPUT}/daily",
+                    "output_root": f"file://{daily}",
                 },
-                OUTPUT / "daily",
+                daily,
             )
-        describe(OUTPUT)
+            written = [single, daily]
+        describe(output, written)
         print(f"\nAirflow logs of this demo: {home}")
     finally:
         if emulator is not None:

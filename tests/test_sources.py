@@ -11,6 +11,7 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.io import attach
 from fsspec.implementations.memory import MemoryFileSystem
 
+from airflow_provider_novita.exceptions import NovitaStorageError
 from airflow_provider_novita.sources import SourceSigner, as_sources
 from tests.s3 import S3Bucket
 
@@ -64,14 +65,31 @@ def test_each_signing_is_fresh_but_names_the_same_object(s3: S3Bucket) -> None:
     assert urlsplit(first.url(source)).path == urlsplit(second.url(source)).path
 
 
-def test_a_missing_object_is_refused_naming_image_and_what_is_allowed(s3: S3Bucket) -> None:
+def test_a_missing_object_is_refused_naming_the_image_with_its_connection(s3: S3Bucket) -> None:
     s3.put("there.png", PNG)
     missing = s3.uri("missing.png")
     with pytest.raises(ValueError, match="does not exist") as info:
         SourceSigner(60).prepare([(s3.uri("there.png"), True), (missing, True)])
-    message = str(info.value)
-    assert message.startswith(f"image 's3://{s3.name}/missing.png' cannot be submitted")
-    assert "image must be an http(s) URL, an object storage URI" in message
+    assert str(info.value) == (
+        f"image 's3://aws_default@{s3.name}/missing.png' cannot be submitted: its object does not exist "
+        "(checked before submitting: Novita bills a failed fetch)"
+    )
+
+
+def test_a_store_that_does_not_answer_may_on_a_retry(s3: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a mistake in the DAG: raised as a NovitaStorageError, which Airflow's retries apply to."""
+    signer = SourceSigner(60)
+
+    def unreachable(self: object) -> bool:
+        raise ConnectionError("Could not connect to the endpoint URL")
+
+    monkeypatch.setattr(ObjectStoragePath, "exists", unreachable)
+    with pytest.raises(NovitaStorageError) as info:
+        signer.prepare([(s3.uri("a.png"), True)])
+    assert str(info.value) == (
+        f"image 's3://aws_default@{s3.name}/a.png': whether its object exists could not be checked: "
+        "ConnectionError: Could not connect to the endpoint URL"
+    )
 
 
 def test_an_object_that_an_earlier_try_submitted_need_not_exist_any_more(s3: S3Bucket) -> None:

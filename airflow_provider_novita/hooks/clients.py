@@ -19,6 +19,7 @@ import asyncio
 import functools
 import json
 import time
+import urllib.request
 import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,6 +29,7 @@ from urllib.parse import unquote
 import httpx
 
 from airflow_provider_novita import __version__
+from airflow_provider_novita.models import redact_url
 from airflow_provider_novita.polling import DEFAULT_MAX_POLL_INTERVAL
 from airflow_provider_novita.retries import RetryPolicy
 from airflow_provider_novita.spend import image_cap
@@ -75,6 +77,8 @@ class ConnectionSettings:
     max_retries: int = DEFAULT_MAX_RETRIES
     proxy: str | None = field(default=None, repr=False)
     max_images_per_task: int | None = None
+    conn_id: str | None = None
+    """The Airflow connection these settings come from, named in errors that ask to fix it."""
 
     @classmethod
     def from_connection(cls, conn: Connection) -> ConnectionSettings:
@@ -90,7 +94,26 @@ class ConnectionSettings:
             max_images_per_task=image_cap(
                 extra.get("max_images_per_task"), f"Connection {conn.conn_id!r}: extra 'max_images_per_task'"
             ),
+            conn_id=conn.conn_id,
         )
+
+    def proxy_for(self, url: str) -> tuple[str, str] | None:
+        """
+        The proxy a request to ``url`` goes through, shown without its credentials, and where it was
+        set, or None when it goes direct: the connection's extra ``proxy`` for everything, else the
+        environment variables as httpx reads them (``NO_PROXY`` first, then the scheme's variable,
+        then ``ALL_PROXY``).
+        """
+        if self.proxy:
+            return redact_url(self.proxy), f"extra 'proxy' of Airflow connection {self.conn_id!r}"
+        target = httpx.URL(url)
+        environment = urllib.request.getproxies_environment()
+        if urllib.request.proxy_bypass(target.host):
+            return None
+        for name in (target.scheme, "all"):
+            if environment.get(name):
+                return redact_url(environment[name]), f"the environment variable {name.upper()}_PROXY"
+        return None
 
     @property
     def secrets(self) -> tuple[str, ...]:

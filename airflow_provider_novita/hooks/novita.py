@@ -18,6 +18,7 @@ from airflow_provider_novita.exceptions import (
     NovitaConnectionError,
     NovitaError,
     NovitaInvalidResponseError,
+    NovitaProxyError,
     NovitaTimeoutError,
     error_from_response,
     redact,
@@ -206,7 +207,7 @@ class NovitaHook(BaseHook):
                     response = client.send(request)
                 except httpx.HTTPError as err:
                     raise _connection_error(err, settings) from err
-                return _json_or_raise(response, call.task_id)
+                return _json_or_raise(response, call.task_id, settings)
             time.sleep(attempt.wait)
 
     def submit_upscale(self, request: UpscaleRequest) -> str:
@@ -419,7 +420,7 @@ class NovitaSession:
                         response = await client.send(request)
                 except httpx.HTTPError as err:
                     raise _connection_error(err, self._settings) from err
-                return _json_or_raise(response, call.task_id)
+                return _json_or_raise(response, call.task_id, self._settings)
             await asyncio.sleep(attempt.wait)
 
     async def submit_upscale(self, request: UpscaleRequest) -> str:
@@ -492,6 +493,24 @@ def _connection_error(err: httpx.HTTPError, settings: ConnectionSettings) -> Nov
     detail = str(err)
     for secret in settings.secrets:
         detail = redact(detail, secret)
+    proxy = settings.proxy_for(settings.base_url)
+    if proxy is not None and isinstance(err, httpx.ProxyError):
+        # The proxy refused the tunnel to Novita; httpcore words it "<status> <reason>".
+        status = detail.split(" ", 1)[0]
+        return NovitaProxyError(
+            f"refused to open a tunnel to {redact_url(settings.base_url)}: {detail}",
+            proxy=proxy[0],
+            origin=proxy[1],
+            http_status=int(status) if status.isdigit() else None,
+        )
+    if proxy is not None and not sent:
+        # Not a byte left for Novita: with a proxy, the only host this client connects to is the proxy.
+        return NovitaProxyError(
+            f"could not be reached: {type(err).__name__}: {detail}",
+            proxy=proxy[0],
+            origin=proxy[1],
+            http_status=None,
+        )
     return NovitaConnectionError(
         f"Could not reach Novita at {redact_url(settings.base_url)}: {type(err).__name__}: {detail}"
         + (" (the request may have reached Novita)" if sent else ""),
@@ -499,9 +518,17 @@ def _connection_error(err: httpx.HTTPError, settings: ConnectionSettings) -> Nov
     )
 
 
-def _json_or_raise(response: httpx.Response, task_id: str | None) -> Any:
+def _json_or_raise(response: httpx.Response, task_id: str | None, settings: ConnectionSettings) -> Any:
+    if response.status_code == 407 and (proxy := settings.proxy_for(settings.base_url)) is not None:
+        # Only a proxy answers 407: the request it forwards for plain http:// never reached Novita.
+        raise NovitaProxyError(
+            "answered HTTP 407 Proxy Authentication Required",
+            proxy=proxy[0],
+            origin=proxy[1],
+            http_status=407,
+        )
     if response.is_error:
-        raise error_from_response(response, task_id)
+        raise error_from_response(response, task_id, settings.conn_id)
     try:
         return response.json()
     except ValueError as err:

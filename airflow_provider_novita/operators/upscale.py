@@ -13,6 +13,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_novita._compat import conf
 from airflow_provider_novita.events import BatchOutcome, OutcomeStatus
 from airflow_provider_novita.exceptions import NovitaAPIError, NovitaNotFoundError
+from airflow_provider_novita.failing import invalid_arguments_fail_once, permanent_errors_fail_once
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.ledger import SubmissionLedger
 from airflow_provider_novita.lineage import operator_lineage
@@ -34,7 +35,13 @@ from airflow_provider_novita.retries import may_have_billed
 from airflow_provider_novita.retry_memory import RetryMemory, earlier_tries
 from airflow_provider_novita.sources import DEFAULT_SOURCE_URL_EXPIRY, SourceSigner, as_sources
 from airflow_provider_novita.spend import ImageCap, image_cap
-from airflow_provider_novita.storage import Destination, existing_result, output_root, url_answers
+from airflow_provider_novita.storage import (
+    Destination,
+    existing_result,
+    output_folder,
+    output_root,
+    url_answers,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -194,6 +201,13 @@ class UpscaleOperator(BaseOperator):
 
     def execute(self, context: Context) -> Any:
         try:
+            with permanent_errors_fail_once():
+                return self._execute(context)
+        finally:
+            self.hook.close()
+
+    def _execute(self, context: Context) -> Any:
+        with invalid_arguments_fail_once():
             requests = self._requests()
             cap = ImageCap.in_force(
                 image_cap(self.max_images, "max_images"),
@@ -201,35 +215,33 @@ class UpscaleOperator(BaseOperator):
                 self.novita_conn_id,
             )
             if self.output_path:
-                output_root(self.output_path)
-            reused = self._reusable(requests, context)
-            for position, path in reused.items():
-                self.log.info(
-                    "Reusing %s for %s: not submitting it again", path, redact_url(requests[position].image)
-                )
-            to_submit = [
-                (position, request) for position, request in enumerate(requests) if position not in reused
-            ]
-            task_ids = self._submit(to_submit, context, cap)
-            context["ti"].xcom_push(key=XCOM_TASK_IDS, value=task_ids)
-            if not self.wait_for_completion:
-                return task_ids
-            if not task_ids:
-                # Every image was reused: there is nothing to wait for.
-                nothing = BatchOutcome(OutcomeStatus.SUCCESS, [], [], "")
-                return self._finish(context, nothing, requests, reused)
-            if self.deferrable:
-                # Imported here: it brings in Airflow's trigger machinery, which parsing a DAG never needs.
-                from airflow_provider_novita.triggers.task_result import TaskResultTrigger
+                output_folder(self.output_path)
+        reused = self._reusable(requests, context)
+        for position, path in reused.items():
+            self.log.info(
+                "Reusing %s for %s: not submitting it again", path, redact_url(requests[position].image)
+            )
+        to_submit = [
+            (position, request) for position, request in enumerate(requests) if position not in reused
+        ]
+        task_ids = self._submit(to_submit, context, cap)
+        context["ti"].xcom_push(key=XCOM_TASK_IDS, value=task_ids)
+        if not self.wait_for_completion:
+            return task_ids
+        if not task_ids:
+            # Every image was reused: there is nothing to wait for.
+            nothing = BatchOutcome(OutcomeStatus.SUCCESS, [], [], "")
+            return self._finish(context, nothing, requests, reused)
+        if self.deferrable:
+            # Imported here: it brings in Airflow's trigger machinery, which parsing a DAG never needs.
+            from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 
-                trigger, defer_timeout = TaskResultTrigger.with_timeout(
-                    task_ids, self.novita_conn_id, self.policy, self.timeout
-                )
-                self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
-            outcome = self.hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout)
-            return self._finish(context, outcome, requests, reused)
-        finally:
-            self.hook.close()
+            trigger, defer_timeout = TaskResultTrigger.with_timeout(
+                task_ids, self.novita_conn_id, self.policy, self.timeout
+            )
+            self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
+        outcome = self.hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout)
+        return self._finish(context, outcome, requests, reused)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """
@@ -240,7 +252,8 @@ class UpscaleOperator(BaseOperator):
         """
         requests = self._requests()
         reused = self._reusable(requests, context)
-        return self._finish(context, BatchOutcome.from_event(event), requests, reused)
+        with permanent_errors_fail_once():
+            return self._finish(context, BatchOutcome.from_event(event), requests, reused)
 
     def _finish(
         self, context: Context, outcome: BatchOutcome, requests: list[UpscaleRequest], reused: dict[int, str]
@@ -334,10 +347,11 @@ class UpscaleOperator(BaseOperator):
         # Everything that talks to the supervisor happens here, once, before the threads start: the
         # storage connections and filesystems of the sources, and the Novita connection and its pool.
         signer = SourceSigner(self.source_url_expiry)
-        signer.prepare(
-            (request.image, "task_id" not in before)
-            for (_, request), before in zip(requests, earlier, strict=True)
-        )
+        with invalid_arguments_fail_once():
+            signer.prepare(
+                (request.image, "task_id" not in before)
+                for (_, request), before in zip(requests, earlier, strict=True)
+            )
         self.hook.client  # noqa: B018
         task_ids: list[str | None] = [None] * len(requests)
         failure: Exception | None = None

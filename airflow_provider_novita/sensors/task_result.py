@@ -16,14 +16,16 @@ from airflow_provider_novita._compat import (
 )
 from airflow_provider_novita.events import BatchOutcome
 from airflow_provider_novita.exceptions import NovitaError, NovitaTaskFailedError, NovitaTimeoutError
+from airflow_provider_novita.failing import invalid_arguments_fail_once
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.lineage import operator_lineage
 from airflow_provider_novita.models import TaskResult, check_images, is_plain_literal
 from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, BatchPoller, PollingPolicy
 from airflow_provider_novita.results import finish_batch
+from airflow_provider_novita.retries import is_permanent
 from airflow_provider_novita.retry_memory import RetryMemory
 from airflow_provider_novita.sources import as_sources
-from airflow_provider_novita.storage import output_root
+from airflow_provider_novita.storage import output_folder, output_root
 
 if TYPE_CHECKING:
     import datetime
@@ -151,10 +153,11 @@ class TaskResultSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         try:
-            task_ids = task_id_list(self.task_ids)
-            self._sources()
-            if self.output_path:
-                output_root(self.output_path)
+            with invalid_arguments_fail_once():
+                task_ids = task_id_list(self.task_ids)
+                self._sources()
+                if self.output_path:
+                    output_folder(self.output_path)
             if self.deferrable:
                 # Imported here: it brings in Airflow's trigger machinery, which parsing a DAG never needs.
                 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
@@ -261,7 +264,7 @@ class TaskResultSensor(BaseSensorOperator):
                 raise AirflowSkipException(f"Skipping, as soft_fail is set: {err}") from err
             if isinstance(err, NovitaTimeoutError):
                 raise AirflowSensorTimeout(str(err)) from err
-            if isinstance(err, NovitaTaskFailedError):
+            if isinstance(err, NovitaTaskFailedError) or is_permanent(err):
                 raise AirflowFailException(str(err)) from err
             raise
         self._persisted_paths = [record["path"] for record in records if "path" in record]

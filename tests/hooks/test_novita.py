@@ -406,7 +406,10 @@ class TestTestConnection:
         fake.fail_next(error(403, "INVALID_API_KEY", "invalid api-key"))
         ok, message = hook.test_connection()
         assert not ok
-        assert message == "Novita API error: HTTP 403 INVALID_API_KEY: invalid api-key"
+        assert message == (
+            "Novita API error: HTTP 403 INVALID_API_KEY: invalid api-key. Check the API key (the password) "
+            "of Airflow connection 'novita_default'"
+        )
 
     @pytest.mark.parametrize("answer", [{"credit_balance": None}, {"credit_balance": True}, {}, []])
     def test_an_answer_without_a_usable_balance_still_connects(

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 
 from airflow_provider_novita.emulator import EmulatorServer
-from airflow_provider_novita.exceptions import NovitaAPIError, NovitaConnectionError
+from airflow_provider_novita.exceptions import NovitaConnectionError, NovitaProxyError
 from airflow_provider_novita.hooks import clients
 from airflow_provider_novita.hooks.novita import NovitaHook
 from airflow_provider_novita.models import UpscaleRequest
+from airflow_provider_novita.retries import is_permanent
 from benchmarks.job_status_server import write_self_signed_certificate
 from tests.forward_proxy import ForwardProxy, pipe_both
 
@@ -128,7 +129,7 @@ def test_the_proxy_extra_with_credentials_takes_precedence_over_the_environment(
         assert all(entry["authorized"] for entry in proxy.requests())
 
 
-def test_wrong_proxy_credentials_fail_without_showing_them(
+def test_wrong_proxy_credentials_are_the_proxys_error_naming_it_without_them(
     monkeypatch: pytest.MonkeyPatch, novita_emulator: EmulatorServer, tmp_path: Path
 ) -> None:
     with ForwardProxy(tmp_path, hosts={HOST: "127.0.0.1"}, auth="corp-user:right") as proxy:
@@ -138,12 +139,71 @@ def test_wrong_proxy_credentials_fail_without_showing_them(
             f"http://{HOST}:{novita_emulator.port}",
             proxy=f"http://corp-user:wrong-secret@127.0.0.1:{proxy.port}",
         )
-        with pytest.raises(NovitaAPIError, match="HTTP 407") as info:
-            hook.get_task_result("task-1")
+        with pytest.raises(NovitaProxyError) as info:
+            hook.submit_upscale(
+                UpscaleRequest(f"{novita_emulator.base_url}/samples/landscape.png", "2k", "png")
+            )
         ok, message = hook.test_connection()
+        sent = len(proxy.requests())
+    assert str(info.value) == (
+        f"Proxy error: the proxy http://127.0.0.1:{proxy.port} (from extra 'proxy' of Airflow connection "
+        "'novita_proxied') answered HTTP 407 Proxy Authentication Required; Novita was not reached; fix the "
+        "credentials in extra 'proxy' of Airflow connection 'novita_proxied'"
+    )
+    assert (info.value.http_status, info.value.request_sent) == (407, False)
+    assert is_permanent(info.value)
+    assert sent == 2, "neither the submission nor the connection test was sent again"
     assert not ok
+    assert message == str(info.value)
     for text in (str(info.value), repr(info.value), message):
         assert "wrong-secret" not in text
+    assert novita_emulator.stats()["requests"].get("image-upscaler", 0) == 0
+
+
+def test_a_proxy_from_the_environment_that_refuses_the_tunnel_is_named_with_its_variable(
+    monkeypatch: pytest.MonkeyPatch, novita_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """HTTPS goes through CONNECT; a proxy refusing it never lets a byte reach Novita."""
+    with ForwardProxy(tmp_path, hosts={HOST: "127.0.0.1"}, auth="corp-user:right") as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://corp-user:wrong-secret@127.0.0.1:{proxy.port}")
+        hook = connect(monkeypatch, novita_emulator, f"https://{HOST}:1")
+        with pytest.raises(NovitaProxyError) as info:
+            hook.get_task_result("task-1")
+        tunnels = through(proxy)
+    assert str(info.value).startswith(
+        f"Proxy error: the proxy http://127.0.0.1:{proxy.port} (from the environment variable HTTPS_PROXY) "
+        f"refused to open a tunnel to https://{HOST}:1: 407 "
+    )
+    assert str(info.value).endswith("fix the credentials in the environment variable HTTPS_PROXY")
+    assert "wrong-secret" not in str(info.value)
+    assert tunnels == [("CONNECT", f"{HOST}:1")], "a read refused for good is not retried"
+
+
+def test_a_proxy_that_cannot_be_reached_is_named_and_retried(
+    monkeypatch: pytest.MonkeyPatch, novita_emulator: EmulatorServer
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://corp-user:s3cret@127.0.0.1:9")  # nothing listens there
+    hook = connect(monkeypatch, novita_emulator, f"http://{HOST}:{novita_emulator.port}")
+    with pytest.raises(NovitaProxyError) as info:
+        hook.get_task_result("task-1")
+    assert str(info.value).startswith(
+        "Proxy error: the proxy http://127.0.0.1:9 (from the environment variable HTTP_PROXY) could not be "
+        "reached: ConnectError: "
+    )
+    assert "s3cret" not in str(info.value)
+    assert info.value.http_status is None
+    assert not is_permanent(info.value), "a proxy that is down may be up again for the task's retry"
+
+
+def test_a_host_the_environment_exempts_is_no_proxys_fault(
+    monkeypatch: pytest.MonkeyPatch, novita_emulator: EmulatorServer
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", HOST)
+    hook = connect(monkeypatch, novita_emulator, f"http://{HOST}:{novita_emulator.port}")
+    with pytest.raises(NovitaConnectionError, match=f"^Could not reach Novita at http://{HOST}") as info:
+        hook.get_task_result("task-1")
+    assert not isinstance(info.value, NovitaProxyError)
 
 
 def test_the_proxy_credentials_are_masked_as_soon_as_the_connection_is_read(

@@ -76,7 +76,7 @@ class TestValidation:
         op = operator(image="{{ x }}", resolution="{{ y }}", output_format="{{ z }}")
         op.image, op.resolution, op.output_format = IMAGES[0], "2k", "png"
         setattr(op, field, value)
-        with pytest.raises(ValueError, match=f"{field} must be"):
+        with pytest.raises(AirflowFailException, match=f"{field} must be"):
             op.execute(context())  # type: ignore[arg-type]
         assert fake.requests == []
 
@@ -239,8 +239,9 @@ class TestRetryReattach:
             return serve(request)
 
         fake.handle = second_submission_fails  # type: ignore[method-assign]
-        with pytest.raises(NovitaAuthError):
+        with pytest.raises(AirflowFailException) as info:
             operator(wait_for_completion=False).execute(context(store))  # type: ignore[arg-type]
+        assert isinstance(info.value.__cause__, NovitaAuthError)
         assert list(store.values.values()) == [{"task_id": "task-0"}]
 
     def test_failed_or_vanished_tasks_are_submitted_again(self, fake: FakeNovita) -> None:
@@ -356,7 +357,7 @@ class TestDagIdioms:
     ) -> None:
         op = operator(image="{{ params.image }}")
         op.image = rendered  # as Airflow renders it with render_template_as_native_obj
-        with pytest.raises(ValueError, match=f"^image must be .*{shown}"):
+        with pytest.raises(AirflowFailException, match=f"^image must be .*{shown}"):
             op.execute(context())
         assert fake.requests == []
 
@@ -446,7 +447,7 @@ class TestUncertainSubmissions:
         store = FakeStateStore()
         fake.fail_next(error(400, "INVALID_REQUEST_BODY", "bad image"))
         # One image: with two, the other's concurrent submission may succeed and be recorded, rightly.
-        with pytest.raises(NovitaError):
+        with pytest.raises(AirflowFailException, match="HTTP 400 INVALID_REQUEST_BODY"):
             operator(image=IMAGES[0], wait_for_completion=False).execute(context(store))
         assert store.values == {}
 
@@ -547,7 +548,7 @@ class TestOutputPath:
     def test_a_rendered_relative_path_fails_before_anything_is_submitted(self, fake: FakeNovita) -> None:
         op = operator(output_path="{{ params.out }}")
         op.output_path = "relative/out"
-        with pytest.raises(ValueError, match="output_path must be"):
+        with pytest.raises(AirflowFailException, match="output_path must be"):
             op.execute(context())
         assert fake.requests == []
 
@@ -608,7 +609,7 @@ class TestConcurrentSubmissions:
 
         fake.handle = third_is_refused  # type: ignore[method-assign]
         store = FakeStateStore()
-        with pytest.raises(NovitaError, match="INVALID_IMAGE_FORMAT"):
+        with pytest.raises(AirflowFailException, match="INVALID_IMAGE_FORMAT"):
             operator(image=images, wait_for_completion=False, submit_concurrency=3).execute(context(store))
         submitted = [submission["image"] for submission in fake.submissions]
         assert len(submitted) < len(images), "submissions stopped after the failure"
@@ -681,7 +682,10 @@ class TestSourcesInObjectStorage:
     def test_a_missing_object_fails_before_anything_is_submitted(
         self, fake: FakeNovita, sources: list[str], s3: S3Bucket
     ) -> None:
-        with pytest.raises(ValueError, match=f"image 's3://{s3.name}/in/c.png' cannot be submitted"):
+        with pytest.raises(
+            AirflowFailException,
+            match=f"^image 's3://aws_default@{s3.name}/in/c.png' cannot be submitted: its object does not",
+        ):
             operator(image=[*sources, s3.uri("in/c.png")], deferrable=False).execute(context())
         assert fake.requests == []
 
@@ -767,7 +771,7 @@ class TestSpendGuard:
     ) -> None:
         self.cap_connection(monkeypatch, cap)
         with pytest.raises(
-            ValueError,
+            AirflowFailException,
             match="Connection 'novita_default': extra 'max_images_per_task' must be a whole number",
         ):
             operator(image=list(self.BATCH)).execute(context())

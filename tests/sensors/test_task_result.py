@@ -248,7 +248,7 @@ class TestArguments:
     def test_rendered_mistakes_fail_at_task_start_before_any_poll(self, fake: FakeNovita) -> None:
         waiting = sensor(task_ids="{{ x }}")
         waiting.task_ids = 5  # type: ignore[assignment]
-        with pytest.raises(ValueError, match="task_ids must be a Novita task id"):
+        with pytest.raises(AirflowFailException, match="task_ids must be a Novita task id"):
             waiting.execute(context())
         assert not fake.polls
 
