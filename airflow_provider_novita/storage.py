@@ -124,7 +124,7 @@ def output_folder(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
     try:
         root.fs  # noqa: B018
     except Exception as err:
-        raise _unwritable(str(root), err) from None
+        raise _unwritable(str(output_path).strip(), err) from None
     return root
 
 
