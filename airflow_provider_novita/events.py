@@ -13,7 +13,12 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_novita.exceptions import NovitaError, NovitaTaskFailedError, NovitaTimeoutError
+from airflow_provider_novita.exceptions import (
+    NovitaError,
+    NovitaTaskFailedError,
+    NovitaTimeoutError,
+    NovitaWaitRefusedError,
+)
 from airflow_provider_novita.models import TaskResult, TaskStatus, failures, unfinished
 
 if TYPE_CHECKING:
@@ -33,21 +38,27 @@ class BatchOutcome:
     How waiting for a batch ended.
 
     :param results: the last known result of each task, in batch order; None for a task never seen.
+    :param permanent: for an ``error``, whether no retry of the Airflow task can change it (see
+        :func:`~airflow_provider_novita.retries.is_permanent`).
     """
 
     status: OutcomeStatus
     task_ids: Sequence[str]
     results: Sequence[TaskResult | None]
     message: str
+    permanent: bool = False
 
     def to_event(self) -> dict[str, Any]:
-        """Plain JSON data: the ``TriggerEvent`` payload."""
-        return {
+        """Plain JSON data: the ``TriggerEvent`` payload; ``permanent`` only when it is true."""
+        event: dict[str, Any] = {
             "status": self.status.value,
             "message": self.message,
             "task_ids": list(self.task_ids),
             "results": [None if r is None else r.to_dict() for r in self.results],
         }
+        if self.permanent:
+            event["permanent"] = True
+        return event
 
     @classmethod
     def from_event(cls, event: object) -> BatchOutcome:
@@ -59,11 +70,12 @@ class BatchOutcome:
             task_ids = [str(task_id) for task_id in event["task_ids"]]
             results = [None if r is None else TaskResult.from_dict(r) for r in event["results"]]
             message = str(event.get("message", ""))
+            permanent = event.get("permanent", False) is True
         except (KeyError, TypeError, ValueError) as err:
             raise NovitaError(f"Malformed trigger event from TaskResultTrigger: {event!r}") from err
         if len(results) != len(task_ids):
             raise NovitaError(f"Trigger event has {len(results)} results for {len(task_ids)} task ids")
-        return cls(status, task_ids, results, message)
+        return cls(status, task_ids, results, message, permanent)
 
     def results_or_raise(self, timeout_description: str) -> list[TaskResult]:
         """
@@ -76,7 +88,8 @@ class BatchOutcome:
             known = {r.task_id: r for r in self.results if r is not None}
             raise NovitaTimeoutError(unfinished(self.task_ids, known), timeout_description)
         if self.status is OutcomeStatus.ERROR:
-            raise NovitaError(f"Waiting for Novita tasks {', '.join(self.task_ids)} failed: {self.message}")
+            error = NovitaWaitRefusedError if self.permanent else NovitaError
+            raise error(f"Waiting for Novita tasks {', '.join(self.task_ids)} failed: {self.message}")
         failed = failures(self.results)
         if failed or self.status is OutcomeStatus.FAILED:
             raise NovitaTaskFailedError(failed)

@@ -157,6 +157,14 @@ class NovitaTaskFailedError(NovitaError):
         super().__init__(f"{len(self.failures)} Novita task(s) failed: {listed}")
 
 
+class NovitaWaitRefusedError(NovitaError):
+    """
+    A wait ended on an answer that no retry can change: Novita refused the key or the request while
+    the tasks were polled (a key revoked after the submission), or the proxy refused its credentials.
+    The wait may have run on the triggerer, so the original error travels by its message only.
+    """
+
+
 class NovitaTimeoutError(NovitaError):
     """
     The deadline passed before every task of the batch finished, or before a call about no task

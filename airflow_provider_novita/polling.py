@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 from airflow_provider_novita.events import BatchOutcome, OutcomeStatus
 from airflow_provider_novita.exceptions import NovitaError, NovitaTimeoutError
 from airflow_provider_novita.models import TaskResult, failures, unfinished
-from airflow_provider_novita.retries import is_transient
+from airflow_provider_novita.retries import is_permanent, is_transient
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -187,6 +187,7 @@ class BatchPoller:
             for task_id in self.pending()
         }
         self._fatal: str | None = None
+        self._fatal_is_permanent = False
         self._last_logged = 0.0
 
     def pending(self) -> list[str]:
@@ -220,7 +221,7 @@ class BatchPoller:
                 failed_transiently = True
                 log.warning("Polling Novita failed, will try again: %s", answer)
             elif isinstance(answer, NovitaError):
-                self._fatal = str(answer)
+                self._fatal, self._fatal_is_permanent = str(answer), is_permanent(answer)
             else:
                 raise answer
             self._due[task_id] = now + self.policy.delay(elapsed, eta, self.rng)
@@ -232,7 +233,9 @@ class BatchPoller:
     def outcome(self, now: float) -> BatchOutcome | None:
         """The final outcome, or None while the batch should still be polled."""
         if self._fatal is not None:
-            return BatchOutcome(OutcomeStatus.ERROR, self.task_ids, self._in_order(), self._fatal)
+            return BatchOutcome(
+                OutcomeStatus.ERROR, self.task_ids, self._in_order(), self._fatal, self._fatal_is_permanent
+            )
         if not self._due:
             results = self._in_order()
             if failed := failures(results):

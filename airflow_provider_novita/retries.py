@@ -35,6 +35,7 @@ from airflow_provider_novita.exceptions import (
     NovitaProxyError,
     NovitaRateLimitError,
     NovitaServerError,
+    NovitaWaitRefusedError,
 )
 
 # Novita's documented answer to "overloaded, try again later": the request created nothing.
@@ -55,7 +56,7 @@ def is_permanent(exc: BaseException) -> bool:
         return exc.http_status == 407
     if isinstance(exc, NovitaBadRequestError):
         return exc.reason != _BALANCE_TOO_LOW
-    return isinstance(exc, NovitaAuthError)
+    return isinstance(exc, (NovitaAuthError, NovitaWaitRefusedError))
 
 
 def is_transient(exc: BaseException) -> bool:

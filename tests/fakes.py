@@ -42,6 +42,8 @@ class FakeNovita:
     polls: dict[str, int] = field(default_factory=dict)
     scripts: dict[str, Sequence[str]] = field(default_factory=dict)
     injected: list[Callable[[httpx.Request], httpx.Response]] = field(default_factory=list)
+    poll_answer: httpx.Response | None = None
+    """When set, what every poll gets: a key revoked after the submissions, say."""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def transport(self) -> httpx.MockTransport:
@@ -78,7 +80,7 @@ class FakeNovita:
             self.reasons.setdefault(task_id, f"cannot upscale {body['image']}")
             return httpx.Response(200, json={"task_id": task_id})
         if request.url.path == "/v3/async/task-result":
-            return self._result(request.url.params["task_id"])
+            return self.poll_answer or self._result(request.url.params["task_id"])
         if request.url.path == "/v3/user":
             return httpx.Response(
                 200, json={"allow_features": [], "credit_balance": 123450, "free_trial": {}}

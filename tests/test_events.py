@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from airflow_provider_novita.events import BatchOutcome, OutcomeStatus
-from airflow_provider_novita.exceptions import NovitaError, NovitaTaskFailedError, NovitaTimeoutError
+from airflow_provider_novita.exceptions import (
+    NovitaError,
+    NovitaTaskFailedError,
+    NovitaTimeoutError,
+    NovitaWaitRefusedError,
+)
 from airflow_provider_novita.models import ResultImage, TaskResult, TaskStatus
 
 
@@ -49,6 +54,28 @@ def test_event_round_trip_is_plain_json() -> None:
 def test_anything_but_a_wellformed_event_raises_saying_what_is_wrong(event: Any, message: str) -> None:
     with pytest.raises(NovitaError, match=f"^{re.escape(message)}"):
         BatchOutcome.from_event(event)
+
+
+def test_an_error_no_retry_can_change_travels_through_the_event_and_is_raised_as_such() -> None:
+    import json
+
+    refused = BatchOutcome(OutcomeStatus.ERROR, ["a"], [None], "HTTP 403 INVALID_API_KEY", permanent=True)
+    event = json.loads(json.dumps(refused.to_event()))
+    assert event["permanent"] is True
+    assert BatchOutcome.from_event(event) == refused
+    with pytest.raises(NovitaWaitRefusedError, match="^Waiting for Novita tasks a failed: HTTP 403 INVALID"):
+        BatchOutcome.from_event(event).results_or_raise("timeout")
+
+
+@pytest.mark.parametrize("permanent", [None, "true", 1, False])
+def test_an_event_of_an_earlier_version_or_with_a_bogus_flag_is_an_ordinary_error(permanent: object) -> None:
+    event = BatchOutcome(OutcomeStatus.ERROR, ["a"], [None], "polling failed").to_event()
+    assert "permanent" not in event
+    if permanent is not None:
+        event["permanent"] = permanent
+    with pytest.raises(NovitaError) as info:
+        BatchOutcome.from_event(event).results_or_raise("timeout")
+    assert type(info.value) is NovitaError
 
 
 def test_an_event_without_a_message_has_an_empty_one() -> None:

@@ -12,7 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_novita.events import OutcomeStatus
-from airflow_provider_novita.exceptions import NovitaAuthError, NovitaServerError, NovitaTimeoutError
+from airflow_provider_novita.exceptions import (
+    NovitaAuthError,
+    NovitaNotFoundError,
+    NovitaServerError,
+    NovitaTimeoutError,
+)
 from airflow_provider_novita.models import TaskResult, TaskStatus
 from airflow_provider_novita.polling import (
     ETA_MARGIN,
@@ -271,6 +276,7 @@ class TestBatchPoller:
         assert outcome is not None
         assert outcome.status is OutcomeStatus.ERROR
         assert "3 consecutive rounds" in outcome.message
+        assert not outcome.permanent, "a Novita that failed for a while may answer the task's retry"
         assert caplog.messages[0] == f"Polling Novita failed, will try again: {flaky}"
 
     def test_a_permanent_error_ends_the_wait_at_once(self) -> None:
@@ -280,6 +286,14 @@ class TestBatchPoller:
         assert outcome is not None
         assert outcome.status is OutcomeStatus.ERROR
         assert "INVALID_API_KEY" in outcome.message
+        assert outcome.permanent, "no retry of the Airflow task changes a refused key"
+
+    def test_an_unknown_task_ends_the_wait_but_not_for_good(self) -> None:
+        waiting = poller(["a"])
+        round_at(waiting, 0, NovitaNotFoundError(404, "TASK_NOT_FOUND", "no such task", "a"))
+        outcome = waiting.outcome(now=0)
+        assert outcome is not None
+        assert (outcome.status, outcome.permanent) == (OutcomeStatus.ERROR, False)
 
 
 def test_progress_names_the_tasks_not_seen_yet(caplog: pytest.LogCaptureFixture) -> None:

@@ -15,6 +15,7 @@ import pytest
 from airflow.sdk import DAG, ObjectStoragePath, task, task_group
 
 from airflow_provider_novita import results
+from airflow_provider_novita.events import BatchOutcome, OutcomeStatus
 from airflow_provider_novita.exceptions import (
     NovitaAuthError,
     NovitaError,
@@ -124,6 +125,16 @@ class TestWaitingInTheWorker:
         with pytest.raises(NovitaTaskFailedError, match="task-1: INVALID_IMAGE_FORMAT"):
             operator(deferrable=False).execute(context())  # type: ignore[arg-type]
 
+    def test_a_key_refused_while_waiting_fails_the_task_once(self, fake: FakeNovita) -> None:
+        fake.poll_answer = error(403, "INVALID_API_KEY", "invalid api-key")
+        with pytest.raises(
+            AirflowFailException,
+            match=r"^Waiting for Novita tasks task-0, task-1 failed: Novita API error: HTTP 403 "
+            r"INVALID_API_KEY: invalid api-key \(task id task-0\)\. Check the API key \(the password\) "
+            r"of Airflow connection 'novita_default'$",
+        ):
+            operator(deferrable=False).execute(context())  # type: ignore[arg-type]
+
     def test_times_out_naming_unfinished_tasks(self, fake: FakeNovita) -> None:
         fake.script = (PROCESSING,)
         with pytest.raises(
@@ -181,6 +192,11 @@ class TestDeferring:
             IMAGES[0],
             "https://o.test/t1.png",
         )
+
+    def test_execute_complete_fails_once_for_an_error_no_retry_can_change(self) -> None:
+        event = BatchOutcome(OutcomeStatus.ERROR, ["task-0"], [None], "HTTP 403", permanent=True).to_event()
+        with pytest.raises(AirflowFailException, match=r"^Waiting for Novita tasks task-0 failed: HTTP 403$"):
+            operator(image=IMAGES[0]).execute_complete(context(), event)  # type: ignore[arg-type]
 
     @pytest.mark.parametrize(
         ("event", "exc_type", "message"),

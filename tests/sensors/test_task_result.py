@@ -109,6 +109,12 @@ class TestPokeMode:
         assert waiting.poke(context()) is False
         assert 7 * 0.8 <= waiting.poke_interval <= 7 * 1.2, "the task's eta, with jitter"
 
+    def test_a_key_refused_while_waiting_fails_the_task_once(self, fake: FakeNovita) -> None:
+        fake.poll_answer = error(403, "INVALID_API_KEY", "invalid api-key")
+        with pytest.raises(AirflowFailException, match="HTTP 403 INVALID_API_KEY") as info:
+            sensor(task_ids="t0").execute(context())
+        assert "Airflow connection 'novita_default'" in str(info.value)
+
     def test_the_deadline_holds_against_a_long_retry_after(self, fake: FakeNovita) -> None:
         fake.scripts = {"t0": (PROCESSING,)}
         fake.fail_next(*[error(429, "RATE_LIMIT_EXCEEDED", "slow down", {"Retry-After": "60"})] * 1000)
