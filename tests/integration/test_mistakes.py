@@ -87,6 +87,21 @@ def test_a_missing_source_object_fails_in_one_try_naming_it(
     )
 
 
+def run_with_connection(
+    emu: EmulatorServer,
+    run_dag: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    password: str,
+    **extra: Any,
+) -> tuple[Any, str]:
+    """Runs the DAG on one image with ``novita_default`` set as given; returns the run and its output."""
+    conn = {"conn_type": "novita", "host": emu.base_url, "password": password, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_NOVITA_DEFAULT", json.dumps(conn))
+    dag_run = run_dag(DAG_ID, images=[f"{emu.base_url}/samples/landscape.png"])
+    return dag_run, capfd.readouterr().out
+
+
 def test_a_refused_api_key_fails_in_one_try_naming_the_connection(
     emulator: Callable[..., EmulatorServer],
     run_dag: Callable[..., Any],
@@ -94,17 +109,12 @@ def test_a_refused_api_key_fails_in_one_try_naming_the_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     emu = emulator()
-    conn = {"conn_type": "novita", "host": emu.base_url, "password": "sk-wrong-4f9a1c"}
-    monkeypatch.setenv("AIRFLOW_CONN_NOVITA_DEFAULT", json.dumps(conn))
-    dag_run = run_dag(DAG_ID, images=[f"{emu.base_url}/samples/landscape.png"])
-    output = capfd.readouterr().out
-    failed_once(
-        dag_run,
-        output,
+    dag_run, output = run_with_connection(emu, run_dag, monkeypatch, capfd, "sk-wrong-4f9a1c")
+    expected = (
         "HTTP 403 INVALID_API_KEY: invalid api-key. Check the API key (the password) of Airflow "
-        "connection 'novita_default'",
-        emu,
+        "connection 'novita_default'"
     )
+    failed_once(dag_run, output, expected, emu)
     assert "sk-wrong-4f9a1c" not in output
 
 
@@ -117,22 +127,13 @@ def test_a_proxy_refusing_its_credentials_fails_in_one_try_naming_the_proxy(
 ) -> None:
     emu = emulator()
     with ForwardProxy(tmp_path, hosts={}, auth="corp-user:right") as proxy:
-        conn = {
-            "conn_type": "novita",
-            "host": emu.base_url,
-            "password": emu.api_key,
-            "extra": {"proxy": f"http://corp-user:wrong-secret@127.0.0.1:{proxy.port}"},
-        }
-        monkeypatch.setenv("AIRFLOW_CONN_NOVITA_DEFAULT", json.dumps(conn))
-        dag_run = run_dag(DAG_ID, images=[f"{emu.base_url}/samples/landscape.png"])
-    output = capfd.readouterr().out
-    failed_once(
-        dag_run,
-        output,
+        wrong = f"http://corp-user:wrong-secret@127.0.0.1:{proxy.port}"
+        dag_run, output = run_with_connection(emu, run_dag, monkeypatch, capfd, emu.api_key, proxy=wrong)
+    expected = (
         f"Proxy error: the proxy http://127.0.0.1:{proxy.port} (from extra 'proxy' of Airflow connection "
-        "'novita_default') answered HTTP 407 Proxy Authentication Required; Novita was not reached",
-        emu,
+        "'novita_default') answered HTTP 407 Proxy Authentication Required; Novita was not reached"
     )
+    failed_once(dag_run, output, expected, emu)
     assert "wrong-secret" not in output
 
 
