@@ -130,7 +130,7 @@ class TestWaitingInTheWorker:
         with pytest.raises(
             AirflowFailException,
             match=r"^Waiting for Novita tasks task-0, task-1 failed: Novita API error: HTTP 403 "
-            r"INVALID_API_KEY: invalid api-key \(task id task-0\)\. Check the API key \(the password\) "
+            r"INVALID_API_KEY: invalid api-key \(task id task-[01]\)\. Check the API key \(the password\) "
             r"of Airflow connection 'novita_default'$",
         ):
             operator(deferrable=False).execute(context())  # type: ignore[arg-type]
