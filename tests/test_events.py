@@ -63,7 +63,7 @@ def test_an_error_no_retry_can_change_travels_through_the_event_and_is_raised_as
     event = json.loads(json.dumps(refused.to_event()))
     assert event["permanent"] is True
     assert BatchOutcome.from_event(event) == refused
-    with pytest.raises(NovitaWaitRefusedError, match="^Waiting for Novita tasks a failed: HTTP 403 INVALID"):
+    with pytest.raises(NovitaWaitRefusedError, match=r"^Waiting for Novita tasks a failed: HTTP 403 INVALID"):
         BatchOutcome.from_event(event).results_or_raise("timeout")
 
 

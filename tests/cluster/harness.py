@@ -36,6 +36,7 @@ from tests.deployment import AirflowDeployment, PostgresDatabase, airflow_env, f
 DAGS_FOLDER = Path(__file__).resolve().parent / "dags"
 DAG_ID = "novita_cluster"
 DEADLINE_DAG_ID = "novita_cluster_deadline"
+FAST_DAG_ID = "novita_cluster_fast"
 TASK_ID = "upscale"
 TRIGGERERS = ("triggerer-1", "triggerer-2")
 WORKER = "celery-worker"
@@ -281,7 +282,7 @@ def celery_cluster(home: Path, connections: dict[str, str]) -> Iterator[Cluster]
             cluster.start_worker()
             for label in TRIGGERERS:
                 cluster.start_triggerer(label)
-            wait_until_ready(deployment, client, [DAG_ID, DEADLINE_DAG_ID], READY_TIMEOUT)
+            wait_until_ready(deployment, client, [DAG_ID, DEADLINE_DAG_ID, FAST_DAG_ID], READY_TIMEOUT)
             yield cluster
         except BaseException:
             print(f"\nAirflow home: {home}\n{deployment.report()}")

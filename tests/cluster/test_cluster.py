@@ -4,8 +4,9 @@ The provider's promises, kept where teams run it: CeleryExecutor, PostgreSQL, Re
 The scenarios share one deployment (see harness.py) and run in this order; the last one searches
 everything the others left behind for the API key. Novita is the emulator, one per scenario
 (conftest.py), and ``GET /_emulator/stats`` counts what it billed. The figures each scenario measures
-(takeover delay, when a deadline fired) are printed, not asserted against a clock: only the bounds
-that define the behaviour are.
+(takeover delay, when a deadline fired, the tries Airflow failed with a "state mismatch" and the
+latency of fast jobs) are printed, not asserted against a clock: only the bounds that define the
+behaviour are.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from PIL import Image
 
 from tests.cluster.conftest import API_KEY
 from tests.cluster.dags.novita_cluster import DEADLINE_SECONDS
-from tests.cluster.harness import DAG_ID, DEADLINE_DAG_ID, TRIGGERERS, WORKER, Cluster, places_holding
+from tests.cluster.harness import (
+    DAG_ID,
+    DEADLINE_DAG_ID,
+    FAST_DAG_ID,
+    TASK_ID,
+    TRIGGERERS,
+    WORKER,
+    Cluster,
+    places_holding,
+)
+from tests.cluster.race import race_report
 from tests.deployment import wait_for
 
 if TYPE_CHECKING:
@@ -252,6 +263,30 @@ def test_a_worker_killed_mid_batch_is_retried_and_reattaches(
     assert emulator.stats()["submissions_by_image"] == dict.fromkeys(images, 1)
     _assert_files(tmp_path, 16)
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
+
+
+def test_fast_jobs_without_retries_all_succeed(
+    cluster: Cluster, emulators: dict[str, EmulatorServer], tmp_path: Path
+) -> None:
+    """
+    40 jobs of 0.2-1 s, ``retries=0``: triggers that fire within seconds of their deferral race the
+    scheduler's processing of the worker's exit (apache/airflow#66374, #67287, #72716), and a try it
+    fails is a failed task. Every task instance must succeed; how many Airflow failed with "state
+    mismatch", and how long the deferrals took, are printed.
+    """
+    emulator = emulators["novita_fast"]
+    images = _images(emulator, 40)
+    started = time.monotonic()
+    run_id = cluster.trigger_run(FAST_DAG_ID, _conf("novita_fast", images, tmp_path))
+    state = cluster.wait_run(FAST_DAG_ID, run_id, RUN_TIMEOUT)
+    report = race_report(cluster, FAST_DAG_ID, run_id, TASK_ID)
+    took = time.monotonic() - started
+    print(f"\nAirflow {airflow.__version__}: run {state} in {took:.1f}s\n{report.summary()}")
+
+    assert report.mismatched == set(), report.summary()
+    assert [row["state"] for row in cluster.task_instances(FAST_DAG_ID, run_id)] == ["success"] * 40
+    assert emulator.stats()["submissions_by_image"] == dict.fromkeys(images, 1)
+    _assert_files(tmp_path, 40)
 
 
 def test_the_api_key_is_nowhere_after_the_scenarios(cluster: Cluster, tmp_path: Path) -> None:

@@ -23,6 +23,19 @@ if TYPE_CHECKING:
 __all__ = ["novita_emulator_factory"]
 
 
+@pytest.fixture(autouse=True)
+def no_event_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    ``dag.test()`` has no scheduler, so no deferral race for the trigger to hold its event against
+    (``TaskResultTrigger.earliest_event_time``): these runs resume as soon as the jobs finish, instead
+    of 10 s after each deferral. The hold is specified in tests/triggers and kept where the race is
+    real: tests/e2e and tests/cluster run real Airflow processes with it.
+    """
+    from airflow_provider_novita.triggers import task_result
+
+    monkeypatch.setattr(task_result, "EVENT_HOLD", 0.0)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
     """A migrated metadata database in the tests' AIRFLOW_HOME (set up by tests/conftest.py)."""

@@ -218,10 +218,16 @@ class TestOneOutcomeInEveryMode:
 
 
 def test_deferrable_defers_at_once_to_the_trigger(fake: FakeNovita) -> None:
+    before = time.time()
     with pytest.raises(TaskDeferred) as info:
         sensor(deferrable=True, timeout=120).execute(context())
-    assert isinstance(info.value.trigger, TaskResultTrigger)
-    assert info.value.trigger.task_ids == ["t0", "t1"]
+    trigger = info.value.trigger
+    assert isinstance(trigger, TaskResultTrigger)
+    assert trigger.task_ids == ["t0", "t1"]
+    # Its event is held back from the deferral, as the operator's is (TaskResultTrigger.earliest_event_time).
+    assert trigger.deferred_at is not None
+    assert before <= trigger.deferred_at <= time.time()
+    assert trigger.end_time == trigger.deferred_at + 120
     assert not fake.polls
 
 

@@ -1,4 +1,5 @@
-"""TaskResultTrigger: serialisation, every outcome, the absolute deadline, and a free event loop."""
+"""TaskResultTrigger: serialisation, every outcome, the absolute deadline, the hold after the deferral,
+and a free event loop."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from airflow_provider_novita._compat import conf
 from airflow_provider_novita.hooks import clients
 from airflow_provider_novita.hooks.novita import NovitaHook
-from airflow_provider_novita.polling import PollingPolicy
+from airflow_provider_novita.polling import DEFAULT_MAX_POLL_INTERVAL, PollingPolicy
 from airflow_provider_novita.triggers import task_result
 from airflow_provider_novita.triggers.task_result import TaskResultTrigger
 from tests.conftest import API_KEY
@@ -53,7 +55,9 @@ async def first_event(trigger: TaskResultTrigger) -> TriggerEvent:
 
 
 def test_serialize_round_trips_every_argument() -> None:
-    trigger = TaskResultTrigger(["a", "b"], "novita_x", 2.5, 1764000000.5, max_poll_interval=40)
+    trigger = TaskResultTrigger(
+        ["a", "b"], "novita_x", 2.5, 1764000000.5, max_poll_interval=40, deferred_at=1763999400.25
+    )
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
     assert kwargs == {
@@ -62,8 +66,21 @@ def test_serialize_round_trips_every_argument() -> None:
         "poll_interval": 2.5,
         "end_time": 1764000000.5,
         "max_poll_interval": 40,
+        "deferred_at": 1763999400.25,
     }
     assert TaskResultTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+def test_kwargs_serialized_before_deferred_at_existed_still_build_a_trigger() -> None:
+    old = {
+        "task_ids": ["a"],
+        "novita_conn_id": "novita_x",
+        "poll_interval": 2.0,
+        "end_time": 1764000000.5,
+        "max_poll_interval": 30.0,
+    }
+    classpath, kwargs = TaskResultTrigger(**old).serialize()
+    assert (classpath, kwargs) == (CLASSPATH, {**old, "deferred_at": None})
 
 
 def test_kwargs_hold_no_secret(novita_conn: str) -> None:
@@ -74,9 +91,35 @@ def test_kwargs_hold_no_secret(novita_conn: str) -> None:
 def test_with_timeout_sets_an_absolute_deadline_and_a_later_backstop() -> None:
     before = time.time()
     trigger, backstop = TaskResultTrigger.with_timeout(["a"], "c", PollingPolicy(3, 20), 600)
-    assert before + 600 <= trigger.end_time <= time.time() + 600
+    assert trigger.deferred_at is not None
+    assert before <= trigger.deferred_at <= time.time()
+    assert trigger.end_time == trigger.deferred_at + 600
     assert (trigger.poll_interval, trigger.max_poll_interval) == (3, 20)
     assert backstop.total_seconds() > 600
+
+
+@pytest.mark.parametrize(
+    ("deferred_at", "end_time", "earliest"),
+    [
+        (1000.0, 5000.0, 1000.0 + task_result.EVENT_HOLD),
+        # The deadline bounds every wait, the hold included.
+        (1000.0, 1000.0 + task_result.EVENT_HOLD / 2, 1000.0 + task_result.EVENT_HOLD / 2),
+        (1000.0, 1000.0, 1000.0),
+        # A trigger serialized by an earlier version knows no deferral: nothing is held back.
+        (None, 5000.0, float("-inf")),
+    ],
+)
+def test_the_earliest_event_time(deferred_at: float | None, end_time: float, earliest: float) -> None:
+    trigger = TaskResultTrigger(["a"], "c", 1.0, end_time, deferred_at=deferred_at)
+    assert trigger.earliest_event_time() == earliest
+
+
+def test_the_hold_outlasts_a_workers_heartbeat_interval_and_not_the_polling_cap() -> None:
+    # What EVENT_HOLD is weighed against (see earliest_event_time): a deferring worker's supervisor
+    # may wait out a heartbeat interval before its exit is reported, and the hold should delay a
+    # short job by no more than polling may already notice a finished one late.
+    heartbeat_interval = conf.getfloat("workers", "min_heartbeat_interval")
+    assert heartbeat_interval < task_result.EVENT_HOLD <= DEFAULT_MAX_POLL_INTERVAL
 
 
 async def test_success_event_carries_every_result_in_order(fake: FakeNovita) -> None:
@@ -89,6 +132,77 @@ async def test_success_event_carries_every_result_in_order(fake: FakeNovita) -> 
     assert all(r["status"] == SUCCEED for r in event.payload["results"])
     # Finished tasks are not polled again.
     assert fake.polls == {ids[0]: 3, ids[1]: 4, ids[2]: 3}
+
+
+async def test_the_event_waits_for_the_hold_after_the_deferral(
+    fake: FakeNovita, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(task_result, "EVENT_HOLD", 2.0)
+    ids = [_submit(fake)]
+    fake.scripts[ids[0]] = (SUCCEED,)
+    trigger = TaskResultTrigger(ids, "novita_default", 0.01, time.time() + 30, deferred_at=time.time())
+    polled_at: list[float] = []
+    serve = fake.handle
+
+    def timed(request: httpx.Request) -> httpx.Response:
+        polled_at.append(time.time())
+        return serve(request)
+
+    fake.handle = timed  # type: ignore[method-assign]
+    event = await first_event(trigger)
+    fired_at = time.time()
+    assert event.payload["status"] == "success"
+    assert polled_at[-1] < trigger.earliest_event_time(), "the job was known done before the hold ended"
+    assert fired_at >= trigger.earliest_event_time()
+    print(
+        f"done {polled_at[-1] - trigger.deferred_at:.2f}s, fired {fired_at - trigger.deferred_at:.2f}s after"
+    )
+
+
+async def test_the_hold_never_outlasts_the_deadline(
+    fake: FakeNovita, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A success known before the deadline is reported as a success, at the deadline at the latest,
+    # however long the hold.
+    monkeypatch.setattr(task_result, "EVENT_HOLD", 3600.0)
+    ids = [_submit(fake)]
+    fake.scripts[ids[0]] = (SUCCEED,)
+    now = time.time()
+    trigger = TaskResultTrigger(ids, "novita_default", 0.01, now + 0.5, deferred_at=now)
+    event = await asyncio.wait_for(first_event(trigger), timeout=60)
+    assert event.payload["status"] == "success"
+    assert time.time() >= trigger.end_time
+
+
+async def test_a_trigger_rebuilt_from_kwargs_without_deferred_at_holds_nothing(
+    fake: FakeNovita, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a triggerer running this version rebuilds a trigger that an earlier version deferred.
+    monkeypatch.setattr(task_result, "EVENT_HOLD", 3600.0)
+    ids = [_submit(fake)]
+    fake.scripts[ids[0]] = (SUCCEED,)
+    old = {
+        "task_ids": ids,
+        "novita_conn_id": "novita_default",
+        "poll_interval": 0.01,
+        "end_time": time.time() + 600,
+    }
+    event = await asyncio.wait_for(first_event(TaskResultTrigger(**old)), timeout=60)
+    assert event.payload["status"] == "success"
+
+
+async def test_a_trigger_rebuilt_late_holds_only_what_is_left(
+    fake: FakeNovita, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rebuilt on another triggerer after the hold has passed (a restart, a takeover): the deferral
+    # counts from the kwargs, not from the rebuild.
+    monkeypatch.setattr(task_result, "EVENT_HOLD", 3600.0)
+    ids = [_submit(fake)]
+    fake.scripts[ids[0]] = (SUCCEED,)
+    now = time.time()
+    _, kwargs = TaskResultTrigger(ids, "novita_default", 0.01, now + 7200, deferred_at=now - 3600).serialize()
+    event = await asyncio.wait_for(first_event(TaskResultTrigger(**kwargs)), timeout=60)
+    assert event.payload["status"] == "success"
 
 
 async def test_failed_event_when_a_task_fails(fake: FakeNovita) -> None:
