@@ -8,7 +8,7 @@
 PYTHON ?= python3
 AIRFLOW_NEWEST := 3.3.2
 # Oldest last: that one is the floor pyproject.toml declares.
-AIRFLOW_OLDER := 3.2.2 3.1.8
+AIRFLOW_OLDER := 3.2.0 3.1.8
 VENV := .venv
 # The benchmarks' own environment: the peers they measure and the plotting stay out of the test environments.
 BENCH_VENV := .venv-bench
