@@ -266,6 +266,10 @@ class BatchPoller:
         now = time.monotonic()
         if not changed and now - self._last_logged < PROGRESS_LOG_INTERVAL:
             return
+        self._last_logged = now
+        if not log.isEnabledFor(logging.INFO):
+            # Nor is a line built that no handler would see.
+            return
         counts = Counter(r.status.name for r in self.results.values())
         unseen = len(self.task_ids) - len(self.results)
         parts = [f"{name.lower()} {count}" for name, count in sorted(counts.items())]
@@ -278,4 +282,3 @@ class BatchPoller:
             f", max eta {max(etas):g}s" if etas else ""
         )
         log.info("Novita batch of %d task(s): %s%s", len(self.task_ids), ", ".join(parts), detail)
-        self._last_logged = now

@@ -13,7 +13,6 @@ import pendulum
 from airflow.sdk import Asset
 
 from airflow_provider_novita.exceptions import NovitaError
-from airflow_provider_novita.retry_memory import RetryMemory, earlier_tries
 from airflow_provider_novita.storage import Destination, persist_results
 
 if TYPE_CHECKING:
@@ -23,9 +22,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_novita.events import BatchOutcome
     from airflow_provider_novita.models import TaskResult
-
-# Task state store key of the files a try completed, so that a retry does not download them again.
-PERSISTED_STATE_KEY = "novita_persisted_results"
 
 
 def result_record(result: TaskResult, source_image: str | None) -> dict[str, Any]:
@@ -126,10 +122,6 @@ def _persist(
     output_path: str | ObjectStoragePath,
     proxy: str | None,
 ) -> list[str]:
-    memory = RetryMemory(context, PERSISTED_STATE_KEY)
-    written = (
-        {result.task_id: memory.get(result.task_id) for result in results} if earlier_tries(context) else {}
-    )
     return persist_results(
         results,
         [
@@ -138,7 +130,5 @@ def _persist(
         ],
         output_path,
         map_index=map_index(context),
-        written_before=written,
-        on_written=memory.set,
         proxy=proxy,
     )

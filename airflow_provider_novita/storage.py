@@ -8,10 +8,11 @@ which means the local folder, exactly as ``file://`` + that path. A relative pat
 :func:`output_root` before anything is submitted, because it would resolve against whatever the
 worker's current directory happens to be.
 
-Each result is streamed in chunks of :data:`CHUNK_SIZE` into a temporary object next to its final
-name, checked against the ``Content-Length`` the server announced, and only then renamed to its
-final name (on S3 and GCS a server-side copy that keeps the object's content type), so a final name
-always holds a complete image and a broken download leaves nothing behind. ``Content-Length``
+Each result is streamed in chunks of :data:`CHUNK_SIZE` into a temporary file (on a local disk a
+hidden ``.partial`` file next to its final name, for an object store a local one), checked against
+the ``Content-Length`` the server announced, and only then renamed to its final name, or uploaded to
+it in one request with the image's content type, so a final name always holds a complete image and
+a broken download leaves nothing behind. ``Content-Length``
 counts the bytes on the wire: a result served with ``Content-Encoding: gzip`` is checked against the
 compressed bytes received and saved decoded.
 
@@ -39,10 +40,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -54,7 +56,7 @@ from airflow_provider_novita.hooks.clients import shared_ssl_context
 from airflow_provider_novita.models import redact_url
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Sequence
 
     from airflow_provider_novita.models import TaskResult
 
@@ -161,19 +163,55 @@ def _safe(text: str) -> str:
     return _DOTS.sub(".", _UNSAFE.sub("_", text)).strip("._-")[:STEM_LIMIT].rstrip("._-")
 
 
-def existing_result(
-    output_path: str | ObjectStoragePath, image_type: str, destination: Destination, map_index: int
-) -> str | None:
+def existing_results(
+    output_path: str | ObjectStoragePath,
+    image_type: str,
+    destinations: Sequence[Destination],
+    map_index: int,
+) -> dict[int, str]:
     """
-    The URI of the file a previous run saved for ``destination``, if it is there and complete.
+    The URIs of the files a previous run saved for ``destinations``, by index, where they are complete.
 
-    The name is the one :func:`persist_results` gives a result of ``image_type`` (it depends on the
-    source URL, the map index and the position only, so a re-run finds it). A file counts only if it
-    could be the whole image: see :func:`looks_complete`. Leftover ``.partial`` files have other names
-    and are never considered.
+    The names are the ones :func:`persist_results` gives results of ``image_type`` (they depend on the
+    source URL, the map index and the position only, so a re-run finds them). One listing of the
+    folder finds them with their sizes, whatever the batch's size; only a file whose name is expected
+    is read, and it counts only if it could be the whole image: see :func:`looks_complete`. Leftover
+    ``.partial`` files have other names and are never considered.
     """
-    target = output_root(output_path) / output_name("", image_type, destination, map_index)
-    return str(target) if looks_complete(target, image_type) else None
+    root = output_root(output_path)
+    sizes = folder_sizes(root)
+    found = {}
+    for index, destination in enumerate(destinations):
+        path = root / output_name("", image_type, destination, map_index)
+        size = sizes.get(path.name)
+        if size and looks_complete(path, image_type, size):
+            found[index] = str(path)
+    return found
+
+
+def result_uri(
+    output_path: str | ObjectStoragePath, image_type: str, destination: Destination, map_index: int
+) -> str:
+    """The URI :func:`existing_results` gives the file of ``destination``."""
+    return str(output_root(output_path) / output_name("", image_type, destination, map_index))
+
+
+def folder_sizes(folder: ObjectStoragePath) -> dict[str, int]:
+    """
+    The name and size of every file directly in ``folder``, from one listing (on an object store one
+    request per 1,000 objects); empty when the folder does not exist.
+    """
+    fs = folder.fs
+    fs.invalidate_cache(folder.path)  # type: ignore[no-untyped-call]  # another process may have written
+    try:
+        entries = fs.ls(folder.path, detail=True)  # type: ignore[no-untyped-call]
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return {
+        str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]: int(entry.get("size") or 0)
+        for entry in entries
+        if entry.get("type") == "file"
+    }
 
 
 # Markers every complete file of a format has at its start and end; a truncated file lacks the end.
@@ -182,19 +220,17 @@ _PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 _TAIL = 64
 
 
-def looks_complete(path: ObjectStoragePath, image_type: str) -> bool:
+def looks_complete(path: ObjectStoragePath, image_type: str, size: int) -> bool:
     """
-    Whether ``path`` holds a whole image of ``image_type``, judged from its size, head and tail.
+    Whether ``path``, of ``size`` bytes (from a listing), holds a whole image of ``image_type``, judged
+    from its head and tail.
 
-    Not empty; JPEG from SOI to a final EOI marker; PNG from its signature to the IEND chunk; WebP a
-    RIFF container whose declared size is the file's. Cheap on object storage: two small reads, no
+    JPEG from SOI to a final EOI marker; PNG from its signature to the IEND chunk; WebP a RIFF
+    container whose declared size is the file's. Cheap on object storage: two small ranged reads, no
     decoding. A file cut short, by a crash or by anyone else, fails it; a file of another format too.
     """
-    size = _size(path)
-    if not size:
-        return False
     try:
-        with path.open("rb") as file:  # type: ignore[no-untyped-call]
+        with path.fs.open(path.path, "rb", size=size, cache_type="none") as file:  # type: ignore[no-untyped-call]
             head: bytes = file.read(12)
             file.seek(max(0, size - _TAIL))
             tail: bytes = file.read(_TAIL)
@@ -218,8 +254,6 @@ def persist_results(
     output_path: str | ObjectStoragePath,
     *,
     map_index: int,
-    written_before: Mapping[str, Any],
-    on_written: Callable[[str, dict[str, Any]], None],
     proxy: str | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> list[str]:
@@ -227,9 +261,6 @@ def persist_results(
     Stream the (first) image of every result into ``output_path`` and return the files' URIs, in order.
 
     :param output_path: as :func:`output_root` accepts it.
-    :param written_before: Novita task id -> ``{"path", "size"}`` of files an earlier try of this task
-        instance completed. Such a file that still has that size is not downloaded again.
-    :param on_written: called with the task id and ``{"path", "size"}`` as soon as a file is complete.
     :param proxy: the proxy for the downloads (the Novita connection's ``proxy`` extra); None leaves it
         to the proxy environment variables.
     :param transport: what carries the downloads; tests pass one to serve results without a network.
@@ -239,14 +270,9 @@ def persist_results(
     paths = []
     with _plain_client(DOWNLOAD_TIMEOUT, proxy, transport) as client:
         for result, destination in zip(results, destinations, strict=True):
-            task_id = result.task_id
-            target = root / output_name(task_id, result.images[0].image_type, destination, map_index)
-            if _is_complete(target, written_before.get(task_id)):
-                log.info("Keeping %s, written by an earlier try for Novita task %s", target, task_id)
-            else:
-                size = _download(client, result, target)
-                on_written(task_id, {"path": str(target), "size": size})
-                log.info("Saved Novita task %s result to %s (%d bytes)", task_id, target, size)
+            target = root / output_name(result.task_id, result.images[0].image_type, destination, map_index)
+            size = _download(client, result, target)
+            log.info("Saved Novita task %s result to %s (%d bytes)", result.task_id, target, size)
             paths.append(str(target))
     return paths
 
@@ -295,51 +321,56 @@ def _plain_client(
     return httpx.Client(timeout=timeout, verify=shared_ssl_context(), follow_redirects=True, proxy=proxy)
 
 
-def _is_complete(target: ObjectStoragePath, written: object) -> bool:
-    return (
-        isinstance(written, dict)
-        and written.get("path") == str(target)
-        and _size(target) == written.get("size")
-    )
-
-
-def _size(path: ObjectStoragePath) -> int | None:
-    try:
-        return int(path.stat().st_size)
-    except (FileNotFoundError, OSError):
-        return None
-
-
 def _download(client: httpx.Client, result: TaskResult, target: ObjectStoragePath) -> int:
-    """Save one result decoded and return its size on disk; on any failure, save nothing."""
+    """
+    Save one result decoded and return its size; on any failure, save nothing.
+
+    On a local disk the bytes go to a hidden ``.partial`` file beside the target, renamed once
+    complete. An object store shows an object whole or not at all, and a rename there is a copy and a
+    delete, so the bytes go to a local temporary file first and become the object in one upload (one
+    PUT up to the store's multipart threshold): no partial object, no probe, no copy.
+    """
+    if target.protocol in ("file", "local"):
+        partial = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
+        try:
+            with partial.open("wb") as out:  # type: ignore[no-untyped-call]
+                written = _fetch(client, result, out)
+            partial.rename(target)
+            return written
+        finally:
+            if partial.exists():
+                partial.unlink()
+    with tempfile.NamedTemporaryFile(prefix="novita-", suffix=".partial") as local:
+        written = _fetch(client, result, local)
+        local.flush()
+        target.fs.put_file(local.name, target.path, **_content_type(target))  # type: ignore[no-untyped-call]
+    return written
+
+
+def _fetch(client: httpx.Client, result: TaskResult, out: IO[bytes]) -> int:
+    """Stream the result into ``out``, checked against the announced length; the bytes written."""
     url = result.images[0].image_url
-    partial = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         with client.stream("GET", url) as response:
             if response.is_error:
                 raise _unavailable(result, f"HTTP {response.status_code}")
             announced = response.headers.get("Content-Length")
             written = 0
-            with partial.open("wb", **_content_type(target)) as out:  # type: ignore[no-untyped-call]
-                for chunk in response.iter_bytes(CHUNK_SIZE):
-                    out.write(chunk)
-                    written += len(chunk)
+            for chunk in response.iter_bytes(CHUNK_SIZE):
+                out.write(chunk)
+                written += len(chunk)
             # Content-Length counts the bytes on the wire, which differ from those written when the
             # server compressed the body (Content-Encoding) and httpx decoded it.
             received = response.num_bytes_downloaded
-        if announced is not None and received != int(announced):
-            raise _unavailable(result, f"download broke off after {received} of {announced} bytes")
-        partial.rename(target)
-        return written
     except (httpx.HTTPError, httpx.InvalidURL) as err:
         raise _unavailable(result, without_queries(f"{type(err).__name__}: {err}")) from err
-    finally:
-        if partial.exists():
-            partial.unlink()
+    if announced is not None and received != int(announced):
+        raise _unavailable(result, f"download broke off after {received} of {announced} bytes")
+    return written
 
 
-# How each object store takes an object's content type when it is written; a server-side rename (a
-# copy on S3 and GCS) keeps it. Other stores and local files keep none.
+# How each object store takes an object's content type when it is uploaded. Other stores and local
+# files keep none.
 _CONTENT_TYPE_OPTION = {
     "s3": "ContentType",
     "s3a": "ContentType",
@@ -350,7 +381,7 @@ _CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
 def _content_type(target: ObjectStoragePath) -> dict[str, str]:
-    """The open() option that gives ``target`` its image's content type, where its store keeps one."""
+    """The upload option that gives ``target`` its image's content type, where its store keeps one."""
     option = _CONTENT_TYPE_OPTION.get(target.protocol)
     content_type = _CONTENT_TYPES.get(target.suffix.lstrip("."))
     return {option: content_type} if option and content_type else {}

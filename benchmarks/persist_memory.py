@@ -111,8 +111,6 @@ def persist(result: TaskResult, folder: str) -> Path:
         [Destination(None, None, 0)],
         f"file://{folder}",
         map_index=-1,
-        written_before={},
-        on_written=lambda task_id, file: None,
     )
     (written,) = Path(folder).iterdir()
     return written

@@ -144,12 +144,28 @@ class FakeTaskInstance:
 
 
 class FakeStateStore:
-    """``context["task_state_store"]`` of Airflow 3.3: outlives the retries and reschedules of a task."""
+    """
+    ``context["task_state_store"]`` of Airflow 3.3: outlives the retries and reschedules of a task.
+    Every call is a request to Airflow's API server; ``requests`` counts them.
+    """
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
         self.writes: list[tuple[str, int]] = []
         self.reads: list[str] = []
+        self.retentions: list[timedelta | None] = []
+        self.clears = 0
+
+    @property
+    def requests(self) -> int:
+        return len(self.reads) + len(self.writes) + self.clears
+
+    def entries(self) -> dict[str, Any]:
+        """Every recorded value, by digest of its name, merged over the chunks in key order."""
+        merged: dict[str, Any] = {}
+        for key in sorted(self.values):
+            merged.update(self.values[key])
+        return merged
 
     def get(self, key: str, default: Any = None) -> Any:
         self.reads.append(key)
@@ -158,6 +174,11 @@ class FakeStateStore:
     def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None:
         self.values[key] = value
         self.writes.append((key, len(json.dumps(value))))
+        self.retentions.append(retention)
+
+    def clear(self) -> None:
+        self.clears += 1
+        self.values.clear()
 
 
 def context(store: FakeStateStore | None = None, ti: FakeTaskInstance | None = None, **extra: Any) -> Any:

@@ -27,10 +27,11 @@ from airflow_provider_novita.exceptions import NovitaError
 from airflow_provider_novita.models import ResultImage, TaskResult, TaskStatus
 from airflow_provider_novita.storage import (
     Destination,
-    existing_result,
+    existing_results,
     output_name,
     output_root,
     persist_results,
+    result_uri,
     url_answers,
 )
 from tests.forward_proxy import ForwardProxy
@@ -62,23 +63,16 @@ def serving(body: bytes = IMAGE, headers: dict[str, str] | None = None) -> httpx
 
 
 def persist(
-    results: list[TaskResult],
-    output_path: str | ObjectStoragePath,
-    transport: httpx.BaseTransport,
-    written_before: dict[str, Any] | None = None,
-) -> tuple[list[str], dict[str, Any]]:
-    """Persists ``results`` as the operator does; returns the paths, and what ``on_written`` was told."""
-    written: dict[str, Any] = {}
-    paths = persist_results(
+    results: list[TaskResult], output_path: str | ObjectStoragePath, transport: httpx.BaseTransport
+) -> list[str]:
+    """Persists ``results`` as the operator does; returns the paths."""
+    return persist_results(
         results,
         [Destination(None, "4k", position) for position in range(len(results))],
         output_path,
         map_index=-1,
-        written_before=written_before or {},
-        on_written=written.__setitem__,
         transport=transport,
     )
-    return paths, written
 
 
 def tree(folder: Path) -> set[Path]:
@@ -123,7 +117,7 @@ def test_a_plain_absolute_path_means_the_local_folder_and_a_uri_stays_as_it_is(
 
 def test_a_folder_named_with_a_colon_and_slashes_is_a_local_folder(tmp_path: Path) -> None:
     """The file lands in the folder so named on this machine, on every Airflow version."""
-    (path,), _ = persist([record()], f"{tmp_path}/with://in/the/name", serving())
+    (path,) = persist([record()], f"{tmp_path}/with://in/the/name", serving())
     assert (tmp_path / "with:" / "in" / "the" / "name" / Path(path).name).read_bytes() == IMAGE
 
 
@@ -145,13 +139,13 @@ def test_a_relative_or_empty_output_path_is_refused_with_what_is_allowed(bad: st
 
 @pytest.mark.parametrize("scheme", ["file", "local"])
 def test_a_local_folder_that_does_not_exist_yet_is_created(tmp_path: Path, scheme: str) -> None:
-    (path,), _ = persist([record()], f"{scheme}://{tmp_path}/new/folder", serving())
+    (path,) = persist([record()], f"{scheme}://{tmp_path}/new/folder", serving())
     assert (tmp_path / "new" / "folder" / Path(path).name).read_bytes() == IMAGE
 
 
 def test_results_under_a_plain_absolute_path_are_saved_as_under_its_file_uri(tmp_path: Path) -> None:
-    (plain,), _ = persist([record()], str(tmp_path / "plain" / "out"), serving())
-    (uri,), _ = persist([record()], f"file://{tmp_path}/uri/out", serving())
+    (plain,) = persist([record()], str(tmp_path / "plain" / "out"), serving())
+    (uri,) = persist([record()], f"file://{tmp_path}/uri/out", serving())
     name = Path(uri).name
     assert plain == f"file://{tmp_path}/plain/out/{name}"
     assert (tmp_path / "plain" / "out" / name).read_bytes() == IMAGE
@@ -176,9 +170,8 @@ def test_a_gzip_encoded_result_is_saved_decoded_and_complete(tmp_path: Path) -> 
     compressed = gzip.compress(IMAGE)
     assert len(compressed) < len(IMAGE)
     headers = {"Content-Encoding": "gzip", "Content-Length": str(len(compressed))}
-    (path,), written = persist([record()], str(tmp_path), serving(compressed, headers))
+    (path,) = persist([record()], str(tmp_path), serving(compressed, headers))
     assert Path(path.removeprefix("file://")).read_bytes() == IMAGE
-    assert written == {"task-7": {"path": path, "size": len(IMAGE)}}
 
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
@@ -253,16 +246,21 @@ class ChunkedBody(httpx.SyncByteStream):
             yield self.body[start : start + step]
 
 
-def test_the_size_recorded_for_a_result_of_several_chunks_is_the_whole_files(tmp_path: Path) -> None:
+def test_the_size_logged_for_a_result_of_several_chunks_is_the_whole_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     body = IMAGE * 200  # 3.2 MB: more than three chunks of 1 MiB
     transport = httpx.MockTransport(
         lambda request: httpx.Response(
             200, headers={"Content-Length": str(len(body))}, stream=ChunkedBody(body, 7)
         )
     )
-    (path,), written = persist([record()], str(tmp_path), transport)
+    with caplog.at_level(logging.INFO, logger="airflow_provider_novita"):
+        (path,) = persist([record()], str(tmp_path), transport)
     assert Path(path.removeprefix("file://")).read_bytes() == body
-    assert written == {"task-7": {"path": path, "size": len(body)}}
+    assert [r.getMessage() for r in caplog.records if r.name == "airflow_provider_novita.storage"] == [
+        f"Saved Novita task task-7 result to {path} ({len(body)} bytes)"
+    ]
 
 
 def test_a_result_url_that_redirects_is_followed(tmp_path: Path) -> None:
@@ -276,7 +274,7 @@ def test_a_result_url_that_redirects_is_followed(tmp_path: Path) -> None:
         )
 
     transport = httpx.MockTransport(handler)
-    (path,), _ = persist([record()], str(tmp_path), transport)
+    (path,) = persist([record()], str(tmp_path), transport)
     assert Path(path.removeprefix("file://")).read_bytes() == IMAGE
     assert url_answers(RESULT_URL, transport=transport) is True
 
@@ -326,8 +324,6 @@ def test_downloads_over_the_network_follow_redirects_and_give_up_on_a_silent_ser
         [Destination(None, "4k", 0)],
         str(tmp_path),
         map_index=-1,
-        written_before={},
-        on_written=lambda *_: None,
     )
     assert Path(path.removeprefix("file://")).read_bytes() == IMAGE
     assert url_answers(RESULT_URL) is True
@@ -338,49 +334,10 @@ def test_downloads_over_the_network_follow_redirects_and_give_up_on_a_silent_ser
 
 def test_a_result_saved_to_object_storage_carries_its_image_content_type(s3: S3Bucket) -> None:
     """Served from S3 as an image, not as a download of unknown bytes."""
-    (path,), _ = persist([record(image_type="png")], s3.uri("out"), serving())
+    (path,) = persist([record(image_type="png")], s3.uri("out"), serving())
     body, content_type = s3.get(path.split(f"{s3.name}/", 1)[1])
     assert body == IMAGE
     assert content_type == "image/png"
-
-
-# --- results an earlier try saved -----------------------------------------------------------------
-
-
-def test_a_file_an_earlier_try_completed_is_kept_and_not_downloaded_again(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    requests: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        return httpx.Response(200, stream=httpx.ByteStream(IMAGE))
-
-    with caplog.at_level(logging.INFO, logger="airflow_provider_novita"):
-        (path,), first_try = persist([record()], str(tmp_path), serving())
-        paths, written = persist([record()], str(tmp_path), httpx.MockTransport(handler), first_try)
-    assert paths == [path]
-    assert requests == []
-    assert written == {}, "nothing new was written"
-    assert [r.getMessage() for r in caplog.records if r.name == "airflow_provider_novita.storage"] == [
-        f"Saved Novita task task-7 result to {path} ({len(IMAGE)} bytes)",
-        f"Keeping {path}, written by an earlier try for Novita task task-7",
-    ]
-
-
-@pytest.mark.parametrize("changed", ["size", "path"])
-def test_a_file_unlike_what_the_earlier_try_recorded_is_downloaded_again(
-    tmp_path: Path, changed: str
-) -> None:
-    (path,), first_try = persist([record()], str(tmp_path), serving())
-    recorded = first_try["task-7"]
-    if changed == "size":
-        recorded["size"] -= 1
-    else:
-        recorded["path"] = path + ".old"
-    paths, written = persist([record()], str(tmp_path), serving(), first_try)
-    assert paths == [path]
-    assert written == {"task-7": {"path": path, "size": len(IMAGE)}}
 
 
 # --- file names -----------------------------------------------------------------------------------
@@ -545,7 +502,7 @@ def test_hostile_names_are_written_only_inside_output_path(tmp_path: Path) -> No
             ("..", "jpeg"),
         ]
     ]
-    paths, _ = persist(results, str(tmp_path), serving())
+    paths = persist(results, str(tmp_path), serving())
     assert tree(tmp_path.parent) - tree(tmp_path) == outside_before
     names = sorted(path.name for path in tmp_path.iterdir())
     assert names == sorted(Path(p).name for p in paths)
@@ -627,9 +584,17 @@ def _encoded(image_format: str) -> bytes:
 
 
 class TestFilesARerunMayReuse:
-    """``existing_result``: what counts as a complete file from an earlier run."""
+    """``existing_results``: what counts as a complete file from an earlier run, and what finding it costs."""
 
     DESTINATION = Destination("https://example.com/photos/cat.jpg?sig=1", "2k", 0)
+
+    def existing(
+        self, root: Path, image_type: str, destination: Destination = DESTINATION, map_index: int = 3
+    ) -> str | None:
+        """What ``existing_results`` finds for one destination: its URI, or None."""
+        found = existing_results(str(root), image_type, [destination], map_index)
+        assert set(found) <= {0}
+        return found.get(0)
 
     def saved(self, root: Path, image_type: str, content: bytes) -> Path:
         name = output_name("", image_type, self.DESTINATION, map_index=3)
@@ -645,7 +610,7 @@ class TestFilesARerunMayReuse:
     ) -> None:
         path = self.saved(tmp_path, image_type, _encoded(pil_format))
 
-        assert existing_result(str(tmp_path), image_type, self.DESTINATION, 3) == f"file://{path}"
+        assert self.existing(tmp_path, image_type) == f"file://{path}"
 
     @pytest.mark.parametrize(
         ("image_type", "pil_format"), [("jpeg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
@@ -657,53 +622,50 @@ class TestFilesARerunMayReuse:
         whole = _encoded(pil_format)
         self.saved(tmp_path, image_type, whole[: int(len(whole) * keep)])
 
-        assert existing_result(str(tmp_path), image_type, self.DESTINATION, 3) is None
+        assert self.existing(tmp_path, image_type) is None
 
     def test_a_leftover_partial_file_is_not(self, tmp_path: Path) -> None:
         name = output_name("", "png", self.DESTINATION, map_index=3)
         (tmp_path / f".{name}.0a1b2c3d.partial").write_bytes(_encoded("PNG"))
 
-        assert existing_result(str(tmp_path), "png", self.DESTINATION, 3) is None
+        assert self.existing(tmp_path, "png") is None
 
     def test_a_file_of_another_format_under_the_name_is_not(self, tmp_path: Path) -> None:
         self.saved(tmp_path, "png", _encoded("JPEG"))
 
-        assert existing_result(str(tmp_path), "png", self.DESTINATION, 3) is None
+        assert self.existing(tmp_path, "png") is None
 
     def test_another_position_or_map_index_is_another_file(self, tmp_path: Path) -> None:
         self.saved(tmp_path, "png", _encoded("PNG"))
 
-        assert (
-            existing_result(str(tmp_path), "png", Destination(self.DESTINATION.source_image, "2k", 1), 3)
-            is None
-        )
-        assert existing_result(str(tmp_path), "png", self.DESTINATION, 4) is None
+        assert self.existing(tmp_path, "png", Destination(self.DESTINATION.source_image, "2k", 1)) is None
+        assert self.existing(tmp_path, "png", self.DESTINATION, 4) is None
 
     @pytest.mark.parametrize("padding", [0, 14])
     def test_a_jpeg_may_end_in_a_few_bytes_of_padding(self, tmp_path: Path, padding: int) -> None:
         self.saved(tmp_path, "jpeg", _encoded("JPEG") + b"\x00" * padding)
 
-        assert existing_result(str(tmp_path), "jpeg", self.DESTINATION, 3) is not None
+        assert self.existing(tmp_path, "jpeg") is not None
 
     @pytest.mark.parametrize("padding", [15, 40])
     def test_a_jpeg_with_more_after_its_end_marker_is_not(self, tmp_path: Path, padding: int) -> None:
         """An end marker well before the end is not the file's: an embedded image's, or a cut file's."""
         self.saved(tmp_path, "jpeg", _encoded("JPEG") + b"\x00" * padding)
 
-        assert existing_result(str(tmp_path), "jpeg", self.DESTINATION, 3) is None
+        assert self.existing(tmp_path, "jpeg") is None
 
     def test_a_file_of_a_format_that_cannot_be_checked_is_not(self, tmp_path: Path) -> None:
         self.saved(tmp_path, "gif", b"GIF89a" + bytes(100))
 
-        assert existing_result(str(tmp_path), "gif", self.DESTINATION, 3) is None
+        assert self.existing(tmp_path, "gif") is None
 
     def test_a_folder_under_the_name_is_not(self, tmp_path: Path) -> None:
         (tmp_path / output_name("", "png", self.DESTINATION, map_index=3)).mkdir()
 
-        assert existing_result(str(tmp_path), "png", self.DESTINATION, 3) is None
+        assert self.existing(tmp_path, "png") is None
 
     def test_a_missing_folder_means_nothing_to_reuse(self, tmp_path: Path) -> None:
-        assert existing_result(str(tmp_path / "not-yet"), "png", self.DESTINATION, 3) is None
+        assert self.existing(tmp_path / "not-yet", "png") is None
 
     @pytest.mark.parametrize(
         "source",
@@ -722,24 +684,62 @@ class TestFilesARerunMayReuse:
     def test_a_saved_result_is_found_again_with_the_arguments_that_saved_it(
         self, tmp_path: Path, source: str
     ) -> None:
-        """Through the real path: what persist_results wrote, existing_result finds, knowing no task id."""
+        """Through the real path: what persist_results wrote, existing_results finds, knowing no task id."""
         destinations = [Destination(source, "2k", position) for position in range(2)]
         paths = persist_results(
             [record(task_id="task-9", image_type="png"), record(task_id="task-10", image_type="png")],
             destinations,
             str(tmp_path),
             map_index=3,
-            written_before={},
-            on_written=lambda task_id, written: None,
             transport=serving(_encoded("PNG")),
         )
 
         assert len(set(paths)) == 2, "two positions of one source must not share a file"
-        found = [existing_result(str(tmp_path), "png", destination, 3) for destination in destinations]
-        assert found == paths
+        assert existing_results(str(tmp_path), "png", destinations, 3) == dict(enumerate(paths))
+        assert [result_uri(str(tmp_path), "png", destination, 3) for destination in destinations] == paths
         assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
             path.rsplit("/", 1)[1] for path in paths
         )
+
+    def test_several_destinations_are_found_with_one_listing_and_only_their_files_read(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A batch of any size costs one listing of the folder; only a file listed under an expected name
+        with a size is opened, and nothing is asked about a file one at a time (no stat, no exists).
+        """
+        source = self.DESTINATION.source_image
+        destinations = [Destination(source, "2k", position) for position in range(6)]
+        image = _encoded("PNG")
+        for position, content in [(0, image), (2, image), (3, image[:-20]), (4, b""), (5, image)]:
+            (tmp_path / output_name("", "png", destinations[position], map_index=3)).write_bytes(content)
+        (tmp_path / "unrelated.png").write_bytes(image)
+        (tmp_path / "subfolder").mkdir()
+
+        fs = type(ObjectStoragePath(f"file://{tmp_path}").fs)
+        calls: list[str] = []  # what storage asked the filesystem, not what the filesystem did for it
+        inside: list[str] = []
+        for method in ("ls", "info", "exists", "isfile", "isdir", "size", "open", "_open"):
+            original = getattr(fs, method)
+
+            def counted(*args: Any, _method: str = method, _original: Any = original, **kwargs: Any) -> Any:
+                if not inside:
+                    calls.append(_method)
+                inside.append(_method)
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    inside.pop()
+
+            monkeypatch.setattr(fs, method, counted)
+
+        found = existing_results(str(tmp_path), "png", destinations, 3)
+
+        assert found == {
+            position: result_uri(str(tmp_path), "png", destinations[position], 3) for position in (0, 2, 5)
+        }
+        # Position 1 is not there, 3 is cut short (read, refused), 4 is empty (never read).
+        assert sorted(calls) == ["ls"] + ["open"] * 4, calls
 
 
 class TestBehindAProxy:
@@ -771,8 +771,6 @@ class TestBehindAProxy:
                 [Destination(url, "2k", 0)],
                 f"file://{tmp_path}/out",
                 map_index=-1,
-                written_before={},
-                on_written=lambda *_: None,
                 proxy=proxy.url if given == "extra" else None,
             )
             assert url_answers(url, proxy=proxy.url if given == "extra" else None)

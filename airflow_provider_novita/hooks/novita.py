@@ -435,19 +435,22 @@ class NovitaSession:
         self, task_ids: Sequence[str], *, deadline: float | None = None
     ) -> list[TaskResult | NovitaError]:
         """Like :meth:`NovitaHook.get_task_results`, with at most ``MAX_CONCURRENT_POLLS`` in flight."""
+        if len(task_ids) == 1:
+            # Most rounds poll one task (each task keeps its own time): no gather task, no semaphore.
+            return [await self._result_or_error(task_ids[0], deadline)]
         slots = asyncio.Semaphore(MAX_CONCURRENT_POLLS)
 
         async def poll(task_id: str) -> TaskResult | NovitaError:
             async with slots:
-                try:
-                    return await self.get_task_result(task_id, deadline=deadline)
-                except NovitaError as err:
-                    return err
+                return await self._result_or_error(task_id, deadline)
 
-        if len(task_ids) == 1:
-            # Most rounds poll one task (each task keeps its own time): no task for gather to make.
-            return [await poll(task_ids[0])]
         return list(await asyncio.gather(*(poll(task_id) for task_id in task_ids)))
+
+    async def _result_or_error(self, task_id: str, deadline: float | None) -> TaskResult | NovitaError:
+        try:
+            return await self.get_task_result(task_id, deadline=deadline)
+        except NovitaError as err:
+            return err
 
     async def wait_for_tasks(
         self, task_ids: Sequence[str], policy: PollingPolicy, end_time: float

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from airflow_provider_novita.events import BatchOutcome, OutcomeStatus
 from airflow_provider_novita.exceptions import NovitaAPIError, NovitaNotFoundError
 from airflow_provider_novita.failing import invalid_arguments_fail_once, permanent_errors_fail_once
 from airflow_provider_novita.hooks.novita import NovitaHook
-from airflow_provider_novita.ledger import SubmissionLedger
+from airflow_provider_novita.ledger import LedgerChunks
 from airflow_provider_novita.lineage import operator_lineage
 from airflow_provider_novita.models import (
     DEFAULT_OUTPUT_FORMAT,
@@ -32,20 +33,26 @@ from airflow_provider_novita.models import (
 from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, PollingPolicy, to_seconds
 from airflow_provider_novita.results import finish_batch, map_index, reused_record
 from airflow_provider_novita.retries import may_have_billed
-from airflow_provider_novita.retry_memory import RetryMemory, earlier_tries
+from airflow_provider_novita.retry_memory import (
+    RETENTION_BEYOND_TIMEOUT,
+    Chunks,
+    RetryMemory,
+    StateStoreChunks,
+    earlier_tries,
+)
 from airflow_provider_novita.sources import DEFAULT_SOURCE_URL_EXPIRY, SourceSigner, as_sources
 from airflow_provider_novita.spend import ImageCap, image_cap
 from airflow_provider_novita.storage import (
     Destination,
-    existing_result,
+    existing_results,
     output_folder,
     output_root,
+    result_uri,
     url_answers,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from datetime import timedelta
+    from collections.abc import Iterable, Sequence
 
     from airflow.providers.common.compat.openlineage.facet import Dataset, RunFacet
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -77,10 +84,12 @@ class UpscaleOperator(BaseOperator):
 
     ``image_url`` is temporary (``image_url_ttl`` seconds): persist it promptly if you need it later.
 
-    Novita bills every task. What each submission left is saved as soon as it is known, keyed by a
-    digest of the request (never its URL): in the task state store where Airflow has one (3.3+), and
-    before 3.3 in a hidden ledger under ``output_path`` when the task has one
-    (:mod:`airflow_provider_novita.ledger`). A retry reattaches to tasks that are still queued,
+    Novita bills every task. What the submissions left is saved in chunks of ``submit_concurrency``
+    answers, keyed by digests of the requests (never their URLs): in the task state store where
+    Airflow has one (3.3+), and before 3.3 in a hidden ledger under ``output_path`` when the task has
+    one (:mod:`airflow_provider_novita.ledger`); a worker lost mid-batch leaves at most
+    2 x ``submit_concurrency`` created tasks unrecorded. With ``output_path`` the chunks are removed
+    once the files are saved. A retry reattaches to tasks that are still queued,
     processing or succeeded with a live result URL instead of submitting again, and warns about a
     submission whose outcome was uncertain (see docs/operator.md, "Retries never bill twice").
 
@@ -239,21 +248,33 @@ class UpscaleOperator(BaseOperator):
             trigger, defer_timeout = TaskResultTrigger.with_timeout(
                 task_ids, self.novita_conn_id, self.policy, self.timeout
             )
-            self.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout)
+            # Which files were reused goes with the deferral, so that the resume does not look again.
+            self.defer(
+                trigger=trigger,
+                method_name="execute_complete",
+                timeout=defer_timeout,
+                kwargs={"reused": sorted(reused)},
+            )
         outcome = self.hook.wait_for_tasks(task_ids, self.policy, time.time() + self.timeout)
         return self._finish(context, outcome, requests, reused)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, reused: list[int] | None = None
+    ) -> Any:
         """
         Resume after the trigger fired: validate its event and return the records.
 
-        Which images were reused is looked up again rather than carried through the deferral: the
-        files found before submitting are still there, and nothing of this try has written any yet.
+        ``reused`` is what :meth:`execute` found in ``output_path`` before deferring: the positions
+        in the batch of the files it reused, whose URIs follow from their names. A deferral made by a
+        provider version that did not pass it (None) looks again.
         """
         requests = self._requests()
-        reused = self._reusable(requests, context)
+        if reused is None:
+            found = self._reusable(requests, context)
+        else:
+            found = self._reused_paths(requests, context, reused)
         with permanent_errors_fail_once():
-            return self._finish(context, BatchOutcome.from_event(event), requests, reused)
+            return self._finish(context, BatchOutcome.from_event(event), requests, found)
 
     def _finish(
         self, context: Context, outcome: BatchOutcome, requests: list[UpscaleRequest], reused: dict[int, str]
@@ -274,20 +295,26 @@ class UpscaleOperator(BaseOperator):
             },
         )
         self._persisted_paths = [record["path"] for record in records if "path" in record]
-        ledger = self._ledger(context)
-        if ledger is not None:
-            ledger.clear()
+        if self.output_path:
+            # The files are the memory now: a re-run reuses them (reuse_existing) or means to redo them.
+            self._memory(context).forget()
         return records
 
-    def _ledger(self, context: Context) -> SubmissionLedger | None:
+    def _memory(self, context: Context) -> RetryMemory:
         """
-        Where a retry finds this task instance's submissions when Airflow has no task state store
-        (before 3.3) and the task saves its files: in ``output_path``, see
-        :mod:`airflow_provider_novita.ledger`.
+        Where this task instance's submissions are recorded for its retries, a chunk of
+        ``submit_concurrency`` at a time: the task state store (Airflow 3.3+), kept for the wait's
+        timeout and :data:`RETENTION_BEYOND_TIMEOUT`; before 3.3 a ledger in ``output_path``
+        (:mod:`airflow_provider_novita.ledger`) when the task saves its files; otherwise nowhere.
         """
-        if context.get("task_state_store") is not None or not (self.output_path and self.wait_for_completion):
-            return None
-        return SubmissionLedger(output_root(self.output_path), context["ti"])
+        store = context.get("task_state_store")
+        chunks: Chunks | None = None
+        if store is not None:
+            retention = timedelta(seconds=self.timeout) + RETENTION_BEYOND_TIMEOUT
+            chunks = StateStoreChunks(store, STATE_STORE_KEY, retention)
+        elif self.output_path and self.wait_for_completion:
+            chunks = LedgerChunks(output_root(self.output_path), context["ti"])
+        return RetryMemory(chunks, self.submit_concurrency)
 
     def get_openlineage_facets_on_complete(self, task_instance: object) -> OperatorLineage[Dataset, RunFacet]:
         """
@@ -316,14 +343,28 @@ class UpscaleOperator(BaseOperator):
         """Positions in the batch whose file a previous run left complete in ``output_path``, with its URI."""
         if not (self.output_path and self.reuse_existing):
             return {}
-        index = map_index(context)
-        reused = {}
-        for position, request in enumerate(requests):
-            destination = Destination(request.image, self.resolution, position)
-            path = existing_result(self.output_path, self.output_format, destination, index)
-            if path is not None:
-                reused[position] = path
-        return reused
+        return existing_results(
+            self.output_path, self.output_format, self._destinations(requests), map_index(context)
+        )
+
+    def _reused_paths(
+        self, requests: list[UpscaleRequest], context: Context, positions: Iterable[int]
+    ) -> dict[int, str]:
+        """The URIs of the files :meth:`_reusable` found at ``positions``, without looking again."""
+        if not self.output_path:
+            return {}
+        destinations = self._destinations(requests)
+        return {
+            position: result_uri(
+                self.output_path, self.output_format, destinations[position], map_index(context)
+            )
+            for position in positions
+        }
+
+    def _destinations(self, requests: list[UpscaleRequest]) -> list[Destination]:
+        return [
+            Destination(request.image, self.resolution, position) for position, request in enumerate(requests)
+        ]
 
     def _submit(
         self, requests: list[tuple[int, UpscaleRequest]], context: Context, cap: ImageCap | None
@@ -335,15 +376,15 @@ class UpscaleOperator(BaseOperator):
         Reattaching comes first: it bills nothing, so only the images left after it count against
         ``cap``, and a batch over its cap submits nothing. Up to ``submit_concurrency`` requests are in
         flight at once, in threads sharing the hook's connection pool, so a batch holds the worker
-        slot for the time of a few requests rather than of all of them in a row. The state store is
-        only written from this thread (its channel to the supervisor is not made for threads), as
-        each submission completes, and a new submission starts only once an earlier one is recorded.
-        After a failure no new submission starts; those already sent are recorded, then the first
-        error is raised.
+        slot for the time of a few requests rather than of all of them in a row. The memory is only
+        written from this thread (the state store's channel to the supervisor is not made for
+        threads), a chunk of ``submit_concurrency`` answers at a time, and no new submission starts
+        while a chunk is being written. After a failure no new submission starts; those already sent
+        are recorded, then the first error is raised.
         """
-        memory = self._ledger(context) or RetryMemory(context, STATE_STORE_KEY)
+        memory = self._memory(context)
         names = [request.identity(position) for position, request in requests]
-        earlier = [memory.get(name) for name in names] if earlier_tries(context) else [{} for _ in names]
+        earlier = memory.recall(names) if earlier_tries(context) else [{} for _ in names]
         # Everything that talks to the supervisor happens here, once, before the threads start: the
         # storage connections and filesystems of the sources, and the Novita connection and its pool.
         signer = SourceSigner(self.source_url_expiry)
@@ -366,9 +407,11 @@ class UpscaleOperator(BaseOperator):
             new = [index for index, task_id in enumerate(task_ids) if task_id is None]
             if cap is not None:
                 cap.check(len(new))
-            # A new submission starts only once an earlier one is recorded: a worker lost mid-batch
-            # then leaves at most submit_concurrency created tasks unrecorded (for the retry to bill
-            # again), however far recording (a request to Airflow's API server) lags behind Novita.
+            # Answers wait in the memory's buffer for their chunk (at most submit_concurrency of
+            # them, the chunk being written included) while at most submit_concurrency submissions
+            # are in flight: a worker lost mid-batch leaves at most 2 x submit_concurrency created
+            # tasks unrecorded (for the retry to bill again), however far recording (a request to
+            # Airflow's API server, or a PUT to output_path) lags behind Novita.
             waiting = deque(new)
             pending: dict[Future[str], int] = {}
             while waiting or pending:
@@ -384,10 +427,11 @@ class UpscaleOperator(BaseOperator):
                         task_ids[index] = submission.result()
                     except Exception as err:
                         if may_have_billed(err):
-                            memory.set(names[index], {"uncertain": _failure_kind(err)})
+                            memory.record(names[index], {"uncertain": _failure_kind(err)})
                         failure = failure or err
                         continue
-                    memory.set(names[index], {"task_id": task_ids[index]})
+                    memory.record(names[index], {"task_id": task_ids[index]})
+        memory.flush()
         if failure is not None:
             raise failure
         return [task_id for task_id in task_ids if task_id is not None]

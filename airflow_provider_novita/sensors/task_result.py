@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,11 @@ from airflow_provider_novita.models import TaskResult, check_images, is_plain_li
 from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, BatchPoller, PollingPolicy
 from airflow_provider_novita.results import finish_batch
 from airflow_provider_novita.retries import is_permanent
-from airflow_provider_novita.retry_memory import RetryMemory
+from airflow_provider_novita.retry_memory import RETENTION_BEYOND_TIMEOUT, RetryMemory, StateStoreChunks
 from airflow_provider_novita.sources import as_sources
 from airflow_provider_novita.storage import output_folder, output_root
 
 if TYPE_CHECKING:
-    import datetime
     from collections.abc import Sequence
 
     from airflow.providers.common.compat.openlineage.facet import Dataset, RunFacet
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 # Task state store namespace of what a rescheduled sensor knows between pokes.
 STATE_STORE_KEY = "novita_sensor"
+# The name, among the task ids, of the count of consecutive failed polls.
+_ERRORS = "errors"
 
 
 def task_id_list(task_ids: object) -> list[str]:
@@ -98,6 +100,7 @@ class TaskResultSensor(BaseSensorOperator):
     # so a value never outlives the try: the files it persisted, for lineage, and what its pokes learnt.
     _persisted_paths: Sequence[str] = ()
     _batch_poller: BatchPoller | None = None
+    _sensor_memory: RetryMemory | None = None
 
     def __init__(
         self,
@@ -197,14 +200,16 @@ class TaskResultSensor(BaseSensorOperator):
         """This instance's poller; a rescheduled poke restores what earlier pokes learnt."""
         if self._batch_poller is None:
             task_ids = task_id_list(self.task_ids)
-            memory = RetryMemory(context, STATE_STORE_KEY)
-            try_number = context["ti"].try_number
-            errors = memory.get("errors")
             results = {}
-            for task_id in task_ids:
-                saved = memory.get(task_id)
-                if saved:
-                    results[task_id] = TaskResult.from_dict(saved)
+            errors: dict[str, Any] = {}
+            if self.reschedule:
+                *saved, errors = self._memory(context).recall([*task_ids, _ERRORS])
+                results = {
+                    task_id: TaskResult.from_dict(value)
+                    for task_id, value in zip(task_ids, saved, strict=True)
+                    if value
+                }
+            same_try = errors.get("try") == context["ti"].try_number
             self._batch_poller = BatchPoller(
                 task_ids,
                 self.policy,
@@ -213,21 +218,37 @@ class TaskResultSensor(BaseSensorOperator):
                 # A sensor pokes when it starts, and a rescheduled poke was timed for the tasks it polls.
                 first_poll_at=time.time(),
                 results=results,
-                consecutive_errors=int(errors.get("count", 0)) if errors.get("try") == try_number else 0,
+                consecutive_errors=int(errors.get("count", 0)) if same_try else 0,
             )
         return self._batch_poller
 
     def _remember(
         self, context: Context, poller: BatchPoller, finished: set[str], errors_before: int
     ) -> None:
-        """Save what this poke changed, for the next poke of a rescheduled sensor (one entry per task)."""
+        """Save what this poke changed for the next poke of a rescheduled sensor: one chunk, if anything."""
         if not self.reschedule:
             return
-        memory = RetryMemory(context, STATE_STORE_KEY)
+        memory = self._memory(context)
         for task_id in finished:
-            memory.set(task_id, poller.results[task_id].to_dict())
+            memory.record(task_id, poller.results[task_id].to_dict())
         if poller.consecutive_errors != errors_before:
-            memory.set("errors", {"try": context["ti"].try_number, "count": poller.consecutive_errors})
+            memory.record(_ERRORS, {"try": context["ti"].try_number, "count": poller.consecutive_errors})
+        memory.flush()
+
+    def _memory(self, context: Context) -> RetryMemory:
+        """
+        What a rescheduled sensor's pokes pass on, in the task state store (Airflow 3.3+): a chunk per
+        poke that learnt something, read by the next poke. The poller of a poke reads them before
+        this writes, so the chunk numbers continue where they ended.
+        """
+        store = context.get("task_state_store")
+        if store is None:
+            return RetryMemory(None, 1)
+        retention = datetime.timedelta(seconds=self.timeout) + RETENTION_BEYOND_TIMEOUT
+        if self._sensor_memory is None:
+            chunks = StateStoreChunks(store, STATE_STORE_KEY, retention)
+            self._sensor_memory = RetryMemory(chunks, chunk_size=len(task_id_list(self.task_ids)) + 1)
+        return self._sensor_memory
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: validate its event and return the records."""
@@ -268,4 +289,6 @@ class TaskResultSensor(BaseSensorOperator):
                 raise AirflowFailException(str(err)) from err
             raise
         self._persisted_paths = [record["path"] for record in records if "path" in record]
+        if self.output_path and self.reschedule:
+            self._memory(context).forget()  # the files are saved: nothing is left to pass on
         return records

@@ -25,7 +25,9 @@ Airflow version.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,14 +35,18 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import airflow
 
 from airflow_provider_novita.emulator import EmulatorConfig, EmulatorServer
 from tests.cluster.harness import DAG_ID, TRIGGERERS, WORKER, Cluster, celery_cluster, places_holding
 from tests.cluster.meters import SELF, ComponentMeter, ProviderProfile
+from tests.cluster.soak_bucket import SoakBucket, soak_bucket
 from tests.deployment import wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 API_KEY = "sk-soak-secret-9191"
 CONN_ID = "novita_soak"
@@ -49,6 +55,8 @@ PROGRESS_EVERY = 15.0
 # Seconds before a worker kill in which a created task may still be unrecorded by the killed try.
 IN_FLIGHT_AT_KILL = 2.0
 PY_SPY = Path(sys.executable).parent / "py-spy"
+# What serves the task processes' requests: the figure a retry memory in Airflow's database costs.
+AIRFLOW_SERVING = ("api-server", "postgresql")
 
 
 # The emulator's fault rates per --faults profile.
@@ -120,7 +128,7 @@ def chaos(
 
 def progress(
     emulator: EmulatorServer,
-    files: Path,
+    files: Path | None,
     images: int,
     events: list[str],
     started: float,
@@ -131,18 +139,26 @@ def progress(
         stats = emulator.stats()
         done = stats["tasks_by_status"]
         finished = done.get("TASK_STATUS_SUCCEED", 0) + done.get("TASK_STATUS_FAILED", 0)
-        persisted = sum(1 for _ in files.glob("*.jpg")) if files.is_dir() else 0
+        if files is None:  # in a bucket: counted without a request, which would count in the figures
+            saved = f"{stats['requests']['outputs']} downloaded"
+        else:
+            saved = f"{sum(1 for _ in files.glob('*.jpg')) if files.is_dir() else 0} persisted"
         kills = sum(event.split(": ", 1)[1].startswith("SIGKILL") for event in list(events))
         print(
             f"[{time.monotonic() - started:5.0f}s] {images} images: {stats['accepted_submissions']} "
-            f"submitted, {finished} jobs finished, {persisted} persisted; "
+            f"submitted, {finished} jobs finished, {saved}; "
             f"{sum(stats['faults_injected'].values())} faults injected, {kills} of 2 kills done",
             flush=True,
         )
 
 
 def image_outcomes(
-    cluster: Cluster, run_id: str, images: list[str], batch_size: int, tasks: list[dict[str, Any]]
+    cluster: Cluster,
+    run_id: str,
+    images: list[str],
+    batch_size: int,
+    tasks: list[dict[str, Any]],
+    saved: Callable[[str], bool],
 ) -> list[dict[str, Any]]:
     """Each image's outcome from the task instances' XCom (the persisted paths) and Novita's records."""
     last_task = {task["image"]: task for task in tasks}
@@ -158,7 +174,7 @@ def image_outcomes(
         for position, image in enumerate(batch):
             path = records[position].get("path") if position < len(records) else None
             task = last_task.get(image)
-            if path and Path(path.removeprefix("file://")).is_file():
+            if path and saved(path):
                 outcome = "persisted"
             elif row["state"] == "success":
                 outcome = "lost: its task instance succeeded without the file"
@@ -236,7 +252,69 @@ def table_sizes(cluster: Cluster) -> dict[str, int]:
 def database_growth(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
     grown = {name: size - before.get(name, 0) for name, size in after.items()}
     largest = sorted(grown.items(), key=lambda item: -item[1])[:8]
-    return {"bytes": sum(grown.values()), "largest_growth_by_table": dict(largest)}
+    return {"bytes": sum(grown.values()), "largest_growth_by_table": dict(largest), "by_table": grown}
+
+
+def state_store_figures(
+    cluster: Cluster, run_id: str, images: int, growth: dict[str, Any]
+) -> dict[str, Any] | None:
+    """
+    The task state store's rows left by the run and its growth per image (the table with its indexes
+    and TOAST, dead rows included until PostgreSQL vacuums them); None before Airflow 3.3.
+    """
+    grown = growth["by_table"].get("task_state_store")
+    if grown is None:
+        return None
+    (row,) = cluster.deployment.query(
+        "SELECT count(*) AS n FROM task_state_store WHERE dag_id = %s AND run_id = %s", DAG_ID, run_id
+    )
+    return {
+        "state_store_rows_after_run": int(row["n"]),
+        "state_store_bytes_per_image": round(grown / images, 1),
+    }
+
+
+# One line per request in the api-server's access log (Airflow 3.2+: HttpAccessLogMiddleware).
+_ACCESS = re.compile(
+    r"request finished.*?\bmethod[\"']?\s*[=:]\s*[\"']?(\w+).*?\bpath[\"']?\s*[=:]\s*[\"']?([^\s\"',]+)"
+)
+
+
+def execution_api_figures(cluster: Cluster, images: int) -> dict[str, Any] | None:
+    """
+    Requests to the api-server's execution API (what task processes and triggerers ask of it), by
+    route, from its access log; None where the api-server logs no requests (Airflow 3.1).
+    """
+    routes: Counter[str] = Counter()
+    logged = False
+    for log in sorted(cluster.deployment.logs_dir.glob("api-server*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if match := _ACCESS.search(_ANSI.sub("", line)):
+                logged = True
+                method, path = match.groups()
+                if path.startswith("/execution/"):
+                    routes[f"{method} {_route(path)}"] += 1
+    if not logged:
+        return None
+    total = sum(routes.values())
+    return {
+        "execution_api_requests": total,
+        "execution_api_requests_per_image": round(total / images, 3),
+        "execution_api_requests_by_route": dict(routes.most_common()),
+    }
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _route(path: str) -> str:
+    """A route without its ids: ``/execution/task-instances/<uuid>/heartbeat`` as ``.../{id}/heartbeat``."""
+    parts = path.split("/")
+    if path.startswith("/execution/store/ti/"):
+        return "/execution/store/ti (the task state store)"
+    if parts[2] == "task-instances" and len(parts) > 4:
+        return f"/execution/task-instances/{{id}}/{parts[4]}"
+    return "/".join(parts[:3])
 
 
 def xcom_figures(cluster: Cluster, run_id: str, images: int) -> dict[str, Any]:
@@ -320,6 +398,11 @@ def parse_args() -> argparse.Namespace:
         help="sample every Airflow component with py-spy for the provider's share of the CPU",
     )
     parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="output_path on a bucket of a moto S3 server in this process; counts its requests by kind",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=Path("soak-output"),
@@ -332,48 +415,93 @@ def parse_args() -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Start the emulator and the cluster, run the DAG through the chaos, and measure it."""
+    """Start the emulator, the bucket if asked for, and the cluster; run the DAG and measure it."""
+    config = emulator_config(args.seed, args.cache_results, args.images, args.faults)
+    with (
+        EmulatorServer(config) as emulator,
+        soak_bucket() if args.s3 else contextlib.nullcontext() as bucket,
+    ):
+        connections = {CONN_ID: emulator.airflow_conn_json()}
+        if bucket is not None:
+            connections[bucket.conn_id] = bucket.airflow_conn_json()
+        with celery_cluster(workdir / "home", connections) as cluster:
+            return measure(args, workdir, emulator, cluster, bucket)
+
+
+def measure(
+    args: argparse.Namespace,
+    workdir: Path,
+    emulator: EmulatorServer,
+    cluster: Cluster,
+    bucket: SoakBucket | None,
+) -> dict[str, Any]:
+    """Run the DAG through the chaos and measure what it cost, the object store's requests included."""
     files = workdir / "images"
     events: list[str] = []
     worker_kills: list[float] = []
     profile = ProviderProfile(PY_SPY, workdir / "profile") if args.profile else None
-    with EmulatorServer(emulator_config(args.seed, args.cache_results, args.images, args.faults)) as emulator:
-        images = [f"{emulator.base_url}/samples/landscape.png?image={i:05d}" for i in range(args.images)]
-        with celery_cluster(workdir / "home", {CONN_ID: emulator.airflow_conn_json()}) as cluster:
-            tables_before = table_sizes(cluster)
-            conf = {
-                "conn_id": CONN_ID,
-                "images": images,
-                "batch_size": args.batch_size,
-                "output_path": f"file://{files}/",
-            }
-            try:
-                with ComponentMeter(cluster.deployment, profile) as meter:
-                    started = time.monotonic()
-                    run_id = cluster.trigger_run(DAG_ID, conf)
-                    state = watch_run(
-                        cluster, emulator, run_id, args.images, files, events, started, worker_kills
-                    )
-                    wall = time.monotonic() - started
-            finally:
-                if profile is not None:
-                    profile.stop()
-            tasks = emulator.tasks()
-            outcomes = image_outcomes(cluster, run_id, images, args.batch_size, tasks)
-            stats = emulator.stats()
-            return {
-                "dag_run_state": state,
-                "outcomes": outcomes,
-                "billing": billing(images, stats, tasks, worker_kills),
-                "key_found_in": places_holding(cluster, API_KEY.encode(), workdir),
-                "chaos": events,
-                "wall_seconds": round(wall, 1),
-                **cpu_figures(meter, profile),
-                "metadata_db_growth": database_growth(tables_before, table_sizes(cluster)),
-                "xcom": xcom_figures(cluster, run_id, args.images),
-                "task_logs": task_log_figures(cluster, run_id, args.images),
-                "emulator": stats,
-            }
+    images = [f"{emulator.base_url}/samples/landscape.png?image={i:05d}" for i in range(args.images)]
+    tables_before = table_sizes(cluster)
+    conf = {
+        "conn_id": CONN_ID,
+        "images": images,
+        "batch_size": args.batch_size,
+        "output_path": bucket.uri("out/") if bucket is not None else f"file://{files}/",
+    }
+    requests = bucket.counting() if bucket is not None else contextlib.nullcontext(None)
+    try:
+        with ComponentMeter(cluster.deployment, profile) as meter, requests as store_requests:
+            started = time.monotonic()
+            run_id = cluster.trigger_run(DAG_ID, conf)
+            state = watch_run(
+                cluster,
+                emulator,
+                run_id,
+                args.images,
+                None if bucket is not None else files,
+                events,
+                started,
+                worker_kills,
+            )
+            wall = time.monotonic() - started
+    finally:
+        if profile is not None:
+            profile.stop()
+    if bucket is not None:
+        keys = bucket.keys()
+        saved: Callable[[str], bool] = lambda path: bucket.key_of(path) in keys  # noqa: E731
+    else:
+        saved = lambda path: Path(path.removeprefix("file://")).is_file()  # noqa: E731
+    tasks = emulator.tasks()
+    stats = emulator.stats()
+    growth = database_growth(tables_before, table_sizes(cluster))
+    cpu = cpu_figures(meter, profile)
+    return {
+        "dag_run_state": state,
+        "outcomes": image_outcomes(cluster, run_id, images, args.batch_size, tasks, saved),
+        "billing": billing(images, stats, tasks, worker_kills),
+        "key_found_in": places_holding(cluster, API_KEY.encode(), workdir),
+        "chaos": events,
+        "wall_seconds": round(wall, 1),
+        **cpu,
+        "deployment_cpu_ms_per_image": round(1000 * cpu["deployment_cpu_seconds"] / args.images, 1),
+        "api_server_and_postgresql_cpu_seconds": round(
+            sum(
+                cpu["components"].get(name, {}).get("cpu_seconds", 0) for name in ("api-server", "postgresql")
+            ),
+            1,
+        ),
+        **(execution_api_figures(cluster, args.images) or {"execution_api_requests_per_image": None}),
+        **(
+            state_store_figures(cluster, run_id, args.images, growth)
+            or {"state_store_rows_after_run": None, "state_store_bytes_per_image": None}
+        ),
+        "metadata_db_growth": {key: value for key, value in growth.items() if key != "by_table"},
+        "xcom": xcom_figures(cluster, run_id, args.images),
+        "task_logs": task_log_figures(cluster, run_id, args.images),
+        **({"object_store": store_requests.figures(args.images)} if store_requests is not None else {}),
+        "emulator": stats,
+    }
 
 
 def watch_run(
@@ -381,7 +509,7 @@ def watch_run(
     emulator: EmulatorServer,
     run_id: str,
     images: int,
-    files: Path,
+    files: Path | None,
     events: list[str],
     started: float,
     worker_kills: list[float],

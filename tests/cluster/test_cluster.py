@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import airflow
 import pytest
-from packaging.version import Version
 from PIL import Image
 
 from tests.cluster.conftest import API_KEY
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(600)
 
-# Airflow 3.3 added the task state store, through which a retry finds what an earlier try submitted.
-HAS_TASK_STATE_STORE = Version(airflow.__version__) >= Version("3.3")
 RUN_TIMEOUT = 300.0
 # From the trigger's timeout event to the task instance's end on a worker: scheduling and a resume.
 RESUME_GRACE = 15.0
@@ -172,18 +169,16 @@ def test_a_cleared_run_pays_only_for_files_that_are_missing(
     assert [row["try_number"] for row in cluster.task_instances(DAG_ID, run_id)] == [n + 1 for n in tries]
     assert emulator.stats()["submissions_by_image"] == dict.fromkeys(images, 1)
 
-    # One file deleted, its task instance cleared: only that image is fetched again. On Airflow 3.3
-    # the task state store outlives the clear, so the try reattaches to the Novita task that made the
-    # file, whose URL still lives, and downloads it again without paying; before 3.3 it submits that
-    # one image again.
+    # One file deleted, its task instance cleared: only that image is submitted again. The files
+    # were the memory once they were saved: the successful try left nothing in the task state store
+    # (3.3) or the ledger (before) to reattach with, so its one image is paid for again.
     (lost,) = [path for path in tmp_path.glob("*.jpg") if _map_index_of(cluster, run_id, path) == 2]
     lost.unlink()
     body = {"dry_run": False, "dag_run_id": run_id, "task_ids": [["upscale", 2]], "only_failed": False}
     cleared = cluster.client.post(f"/api/v2/dags/{DAG_ID}/clearTaskInstances", json=body)
     assert cleared.status_code == 200, cleared.text
     assert cluster.wait_run(DAG_ID, run_id, RUN_TIMEOUT) == "success"
-    resubmitted = 1 if HAS_TASK_STATE_STORE else 2
-    assert emulator.stats()["submissions_by_image"] == {**dict.fromkeys(images, 1), images[2]: resubmitted}
+    assert emulator.stats()["submissions_by_image"] == {**dict.fromkeys(images, 1), images[2]: 2}
     _assert_files(tmp_path, 4)
 
 

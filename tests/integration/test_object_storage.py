@@ -82,7 +82,7 @@ def test_bucket_to_bucket_signs_private_sources_and_saves_typed_complete_objects
         assert signed_for(url) == pytest.approx(1800, abs=120)
     day = f"upscaled/{dag_run.logical_date:%Y-%m-%d}/"
     assert s3.keys(day) == sorted(urlsplit(record["path"]).path.lstrip("/") for record in records), (
-        "every file under its documented name, and no .partial object"
+        "every file under its documented name, and no .partial object (uploaded whole from a local file)"
     )
     for record in records:
         assert record["path"].startswith(s3.uri(day))
@@ -141,7 +141,10 @@ def test_mapped_storage_sources_write_to_the_bucket(
         assert content_type == "image/jpeg"
 
 
-def test_a_broken_download_leaves_no_partial_object(s3: S3Bucket) -> None:
+def test_a_broken_download_leaves_nothing_in_the_bucket(s3: S3Bucket) -> None:
+    """The bytes gather in a local file and are uploaded only once complete: no object, not even a
+    partial one, is ever made for a download that broke off."""
+
     def truncated(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"Content-Length": "1000"}, content=b"\x89PNG" + b"\0" * 10)
 
@@ -154,8 +157,6 @@ def test_a_broken_download_leaves_no_partial_object(s3: S3Bucket) -> None:
             [Destination(s3.uri("in/a.png"), "2k", 0)],
             s3.uri("out/"),
             map_index=-1,
-            written_before={},
-            on_written=lambda *_: None,
             transport=httpx.MockTransport(truncated),
         )
     assert s3.keys() == []

@@ -176,8 +176,6 @@ def test_an_expired_url_error_names_task_host_and_age(
             [Destination(None, None, 0)],
             f"file://{tmp_path}",
             map_index=-1,
-            written_before={},
-            on_written=lambda task_id, file: None,
         )
     message = str(info.value)
     assert "Novita task 0000-expired" in message

@@ -70,8 +70,6 @@ def persist(url: str, output_path: str) -> list[str]:
         [Destination(None, "2k", 0)],
         output_path,
         map_index=-1,
-        written_before={},
-        on_written=lambda task_id, file: None,
     )
 
 

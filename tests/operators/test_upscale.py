@@ -22,7 +22,7 @@ from airflow_provider_novita.exceptions import (
     NovitaTaskFailedError,
     NovitaTimeoutError,
 )
-from airflow_provider_novita.ledger import SubmissionLedger
+from airflow_provider_novita.ledger import LedgerChunks
 from airflow_provider_novita.operators import upscale
 from airflow_provider_novita.operators.upscale import UpscaleOperator
 from airflow_provider_novita.storage import Destination, output_name
@@ -193,6 +193,37 @@ class TestDeferring:
             "https://o.test/t1.png",
         )
 
+    def test_the_files_found_before_deferring_go_with_it_and_are_not_looked_for_again(
+        self, fake: FakeNovita, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        png = b"\x89PNG\r\n\x1a\n" + b"\0" * 32 + b"IEND\xaeB`\x82"
+        kept = tmp_path / output_name("", "png", Destination(IMAGES[1], "4k", 1), -1)
+        kept.write_bytes(png)
+        op = operator(deferrable=True, output_path=str(tmp_path), output_format="png")
+        with pytest.raises(TaskDeferred) as info:
+            op.execute(context())
+        assert info.value.kwargs == {"reused": [1]}
+        assert info.value.trigger.task_ids == ["task-0"]
+
+        def no_listing(folder: Any) -> dict[str, int]:
+            raise AssertionError("the resume listed output_path again")
+
+        monkeypatch.setattr(upscale, "existing_results", no_listing)
+        monkeypatch.setattr(results, "persist_results", lambda found, *a, **k: ["file:///out/new.png"])
+        event = BatchOutcome(OutcomeStatus.SUCCESS, ["task-0"], [None], "").to_event()
+        event["results"] = [
+            {
+                "task_id": "task-0",
+                "status": SUCCEED,
+                "images": [{"image_url": "https://o.test/0.png", "image_type": "png", "image_url_ttl": 3600}],
+            }
+        ]
+        records = op.execute_complete(context(), event, **info.value.kwargs)  # type: ignore[arg-type]
+        assert [(r["task_id"], r["path"], r["reused"]) for r in records] == [
+            ("task-0", "file:///out/new.png", False),
+            (None, f"file://{kept}", True),
+        ]
+
     def test_execute_complete_fails_once_for_an_error_no_retry_can_change(self) -> None:
         event = BatchOutcome(OutcomeStatus.ERROR, ["task-0"], [None], "HTTP 403", permanent=True).to_event()
         with pytest.raises(AirflowFailException, match=r"^Waiting for Novita tasks task-0 failed: HTTP 403$"):
@@ -244,7 +275,7 @@ class TestRetryReattach:
         assert len(fake.submissions) == 2, "nothing was billed twice"
         assert [r["task_id"] for r in records] == ["task-0", "task-1"]
 
-    def test_ids_are_saved_one_by_one_so_a_crash_mid_batch_loses_none(self, fake: FakeNovita) -> None:
+    def test_ids_answered_before_a_failure_are_saved_for_the_retry(self, fake: FakeNovita) -> None:
         store = FakeStateStore()
         serve = fake.handle
 
@@ -258,7 +289,7 @@ class TestRetryReattach:
         with pytest.raises(AirflowFailException) as info:
             operator(wait_for_completion=False).execute(context(store))  # type: ignore[arg-type]
         assert isinstance(info.value.__cause__, NovitaAuthError)
-        assert list(store.values.values()) == [{"task_id": "task-0"}]
+        assert list(store.entries().values()) == [{"task_id": "task-0"}]
 
     def test_failed_or_vanished_tasks_are_submitted_again(self, fake: FakeNovita) -> None:
         store = FakeStateStore()
@@ -298,7 +329,7 @@ class TestRetryReattachThroughTheLedger:
         assert len(fake.submissions) == 2
         (ledger,) = tmp_path.iterdir()
         assert ledger.name.startswith(".novita-ledger-")
-        assert len(list(ledger.iterdir())) == 2, "one entry per accepted submission"
+        assert [chunk.name for chunk in ledger.iterdir()] == ["chunk-0000.json"], "one chunk of 8"
 
         with pytest.raises(TaskDeferred) as deferred:
             operator(deferrable=True, output_path=str(tmp_path)).execute(retry())
@@ -324,13 +355,17 @@ class TestRetryReattachThroughTheLedger:
         with pytest.raises(NovitaTaskFailedError):
             operator(deferrable=False, output_path=str(tmp_path)).execute(context())
         (ledger,) = tmp_path.iterdir()
-        assert len(list(ledger.iterdir())) == 2
+        (chunk,) = ledger.iterdir()
+        assert sorted(json.loads(chunk.read_text()).values(), key=str) == [
+            {"task_id": "task-0"},
+            {"task_id": "task-1"},
+        ]
 
     def test_with_a_state_store_the_store_is_the_memory(self, fake: FakeNovita, tmp_path: Any) -> None:
         store = FakeStateStore()
         with pytest.raises(TaskDeferred):
             operator(deferrable=True, output_path=str(tmp_path)).execute(context(store))
-        assert len(store.values) == 2
+        assert len(store.entries()) == 2
         assert list(tmp_path.iterdir()) == []
 
 
@@ -444,7 +479,7 @@ class TestUncertainSubmissions:
                 context(store)
             )
         assert len(fake.submissions) == 1, "not resent in the same try"
-        assert list(store.values.values()) == [{"uncertain": kind}]
+        assert list(store.entries().values()) == [{"uncertain": kind}]
 
         capsys.readouterr()
         ids = operator(image=f"{IMAGES[0]}?X-Amz-Signature=s3cr3t", wait_for_completion=False).execute(
@@ -457,7 +492,7 @@ class TestUncertainSubmissions:
         assert f"submission of {IMAGES[0]} ended uncertain ({kind})" in warning
         assert "may have created and billed" in warning
         assert "s3cr3t" not in logged
-        assert list(store.values.values()) == [{"task_id": "task-0"}]
+        assert list(store.entries().values()) == [{"task_id": "task-0"}]
 
     def test_a_certain_failure_leaves_nothing_to_warn_about(self, fake: FakeNovita) -> None:
         store = FakeStateStore()
@@ -476,52 +511,75 @@ class TestStateStoreContents:
         dumped = json.dumps(store.values)
         assert "bucket.test" not in dumped
         assert "s3cr3t" not in dumped
-        assert len(store.values) == 2
+        assert len(store.entries()) == 2
 
-    def test_a_batch_writes_one_small_entry_per_image(self, fake: FakeNovita) -> None:
+    def test_a_batch_writes_a_chunk_per_submit_concurrency_answers(self, fake: FakeNovita) -> None:
+        """Each write is a request to Airflow's API server and a database row: few, and small."""
         store = FakeStateStore()
         images = [f"https://img.test/{n}.png" for n in range(500)]
-        operator(image=images, wait_for_completion=False).execute(context(store))
-        assert len(store.writes) == 500
-        assert max(size for _, size in store.writes) < 100
-        assert len({key for key, _ in store.writes}) == 500
+        operator(image=images, wait_for_completion=False, submit_concurrency=8).execute(context(store))
+        assert [key for key, _ in store.writes] == [
+            f"novita_submitted_tasks/chunk-{n:04d}" for n in range(63)
+        ], "500 answers in chunks of 8"
+        assert len(store.entries()) == 500
+        assert sum(size for _, size in store.writes) / 500 < 50, "bytes per image"
+
+    def test_chunks_expire_hours_after_the_wait_could_end_not_in_30_days(self, fake: FakeNovita) -> None:
+        store = FakeStateStore()
+        operator(wait_for_completion=False, timeout=timedelta(hours=2)).execute(context(store))
+        assert store.retentions == [timedelta(hours=6)], "the wait's 2 h and 4 h beyond it"
+
+    def test_saved_files_leave_nothing_in_the_store(
+        self, fake: FakeNovita, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With output_path the files are the memory: a success clears the task's state, in one call."""
+        saved = [f"file:///out/{n}.png" for n in range(2)]
+        monkeypatch.setattr(results, "persist_results", lambda *args, **kwargs: saved)
+        store = FakeStateStore()
+        operator(deferrable=False, output_path=str(tmp_path)).execute(context(store))
+        assert store.values == {}
+        assert store.clears == 1
+        assert store.requests == 2, "one chunk written, then cleared"
+
+    def test_without_output_path_the_chunks_stay_for_a_clear(self, fake: FakeNovita) -> None:
+        store = FakeStateStore()
+        operator(deferrable=False).execute(context(store))
+        assert store.clears == 0
+        assert len(store.entries()) == 2
 
 
 class TestFirstTries:
     """Each read of the memory is a request to Airflow's API server (3.3) or to output_path (the ledger)."""
 
-    def test_a_first_try_reads_nothing_back_and_a_retry_reads_each_image(
-        self, fake: FakeNovita, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    def test_a_first_try_reads_nothing_back_and_a_retry_reads_chunks_until_one_is_missing(
+        self, fake: FakeNovita
     ) -> None:
-        def saved(results: Any, destinations: Any, *args: Any, **kwargs: Any) -> list[str]:
-            for result in results:
-                kwargs["on_written"](result.task_id, {"path": f"file:///out/{result.task_id}", "size": 1})
-            return [f"file:///out/{result.task_id}" for result in results]
-
-        monkeypatch.setattr(results, "persist_results", saved)
         store = FakeStateStore()
-        operator(deferrable=False, output_path=str(tmp_path)).execute(context(store))
+        images = [f"https://img.test/{n}.png" for n in range(20)]
+        fake.script = (PROCESSING,)
+        with pytest.raises(TaskDeferred):
+            operator(image=images, deferrable=True, submit_concurrency=8).execute(context(store))
         assert store.reads == []
-        assert len(store.writes) == 4, "a submitted and a persisted entry per image"
+        assert len(store.writes) == 3
 
-        operator(deferrable=False, output_path=str(tmp_path)).execute(retry(store))
-        namespaces = sorted(key.partition("/")[0] for key in store.reads)
-        assert namespaces == ["novita_persisted_results"] * 2 + ["novita_submitted_tasks"] * 2
-        assert len(fake.submissions) == 2
+        with pytest.raises(TaskDeferred):
+            operator(image=images, deferrable=True, submit_concurrency=8).execute(retry(store))
+        assert store.reads == [f"novita_submitted_tasks/chunk-{n:04d}" for n in range(4)]
+        assert len(fake.submissions) == 20
 
-    def test_a_first_try_reads_no_ledger_entry(
+    def test_a_first_try_reads_no_ledger_chunk(
         self, fake: FakeNovita, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        read: list[str] = []
-        real = SubmissionLedger.get
-        monkeypatch.setattr(SubmissionLedger, "get", lambda self, name: read.append(name) or real(self, name))
+        read: list[int] = []
+        real = LedgerChunks.read
+        monkeypatch.setattr(LedgerChunks, "read", lambda self: read.append(1) or real(self))
         fake.script = (PROCESSING,)
         with pytest.raises(TaskDeferred):
             operator(deferrable=True, output_path=str(tmp_path)).execute(context())
         assert read == []
         with pytest.raises(TaskDeferred):
             operator(deferrable=True, output_path=str(tmp_path)).execute(retry())
-        assert len(read) == 2
+        assert read == [1]
 
 
 class TestReattachWhenExpiryIsUnknown:
@@ -605,7 +663,7 @@ class TestConcurrentSubmissions:
         assert seen["most"] == 4
         by_image = {submission["image"]: f"task-{n}" for n, submission in enumerate(fake.submissions)}
         assert ids == [by_image[image] for image in images]
-        assert sorted(value["task_id"] for value in store.values.values()) == sorted(ids)
+        assert sorted(value["task_id"] for value in store.entries().values()) == sorted(ids)
 
     def test_after_a_failure_no_new_submission_starts_and_those_sent_are_recorded(
         self, fake: FakeNovita
@@ -629,25 +687,37 @@ class TestConcurrentSubmissions:
             operator(image=images, wait_for_completion=False, submit_concurrency=3).execute(context(store))
         submitted = [submission["image"] for submission in fake.submissions]
         assert len(submitted) < len(images), "submissions stopped after the failure"
-        assert len(store.values) == len(submitted) - 1, "every created task is recorded for the retry"
+        assert len(store.entries()) == len(submitted) - 1, "every created task is recorded for the retry"
 
-    def test_no_more_than_submit_concurrency_created_tasks_are_ever_unrecorded(
-        self, fake: FakeNovita
+    @pytest.mark.parametrize("concurrency", [1, 4])
+    def test_no_more_than_twice_submit_concurrency_created_tasks_are_ever_unrecorded(
+        self, fake: FakeNovita, concurrency: int
     ) -> None:
         """Novita answers faster than the store records: a lost worker must not leave a backlog to bill."""
         images = [f"https://img.test/{n}.png" for n in range(40)]
-        unrecorded: list[int] = []
+        store, unrecorded = FakeStateStore(), []
+        serve = fake.handle
 
-        class SlowStore(FakeStateStore):
-            def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None:
-                unrecorded.append(len(fake.submissions) - len(self.values))
-                time.sleep(0.005)
-                super().set(key, value, retention=retention)
+        def created(request: httpx.Request) -> httpx.Response:
+            answer = serve(request)
+            if request.url.path.endswith("image-upscaler"):  # a task now exists: is it on record?
+                unrecorded.append(len(fake.submissions) - len(store.entries()))
+            return answer
 
-        store = SlowStore()
-        operator(image=images, wait_for_completion=False, submit_concurrency=4).execute(context(store))
-        assert len(store.values) == 40
-        assert max(unrecorded) <= 4
+        def slow_set(key: str, value: Any, *, retention: timedelta | None = None) -> None:
+            time.sleep(0.02)
+            FakeStateStore.set(store, key, value, retention=retention)
+
+        fake.handle = created  # type: ignore[method-assign]
+        store.set = slow_set  # type: ignore[method-assign]
+        self.slow_submissions(fake, lambda image: 0.001)
+        operator(image=images, wait_for_completion=False, submit_concurrency=concurrency).execute(
+            context(store)
+        )
+        assert len(store.entries()) == 40
+        assert max(unrecorded) < 2 * concurrency
+        if concurrency > 1:
+            assert max(unrecorded) > concurrency, "answers wait for their chunk while others are in flight"
 
     @pytest.mark.parametrize("value", [0, -1, 2.5, True, "8"])
     def test_submit_concurrency_must_be_a_positive_whole_number(self, value: object) -> None:

@@ -133,6 +133,19 @@ class TestRescheduleMode:
         assert len(delays) == 3
         assert [r["image_url"] for r in records] == ["https://cdn.test/t0.jpeg", "https://cdn.test/t1.jpeg"]
 
+    def test_each_poke_that_learns_something_writes_one_chunk_that_later_pokes_read(
+        self, fake: FakeNovita
+    ) -> None:
+        """Each call on the store is a request to Airflow's API server: one write per poke at most."""
+        task_ids = [f"t{n}" for n in range(10)]
+        fake.scripts = {task_id: (PROCESSING,) * (n % 3) + (SUCCEED,) for n, task_id in enumerate(task_ids)}
+        store = FakeStateStore()
+        records, _ = rescheduled_runs(store, task_ids=task_ids)
+        assert [key for key, _ in store.writes] == [f"novita_sensor/chunk-{n:04d}" for n in range(3)]
+        assert store.reads.count("novita_sensor/chunk-0000") == 3, "every poke reads what came before"
+        assert sum(fake.polls.values()) == 4 + 3 * 2 + 3 * 3, "a finished task is not polled again"
+        assert len(records) == 10
+
     def test_the_pace_backs_off_to_max_poll_interval(self, fake: FakeNovita) -> None:
         fake.scripts = {"t0": (PROCESSING,) * 12 + (SUCCEED,)}
         _, delays = rescheduled_runs(FakeStateStore(), task_ids="t0", poke_interval=2, max_poll_interval=20)
