@@ -64,13 +64,14 @@ class StateStoreChunks:
     """
     Chunks in Airflow 3.3's task state store, under ``<namespace>/chunk-NNNN``.
 
-    :param retention: how long the store keeps each chunk.
+    :param wait_timeout: seconds the task may wait for Novita; the store keeps each chunk that long
+        and :data:`RETENTION_BEYOND_TIMEOUT` more.
     """
 
-    def __init__(self, store: Any, namespace: str, retention: timedelta) -> None:
+    def __init__(self, store: Any, namespace: str, wait_timeout: float) -> None:
         self._store = store
         self._namespace = namespace
-        self._retention = retention
+        self._retention = timedelta(seconds=wait_timeout) + RETENTION_BEYOND_TIMEOUT
 
     def read(self) -> list[dict[str, Any]]:
         chunks: list[dict[str, Any]] = []
@@ -109,8 +110,11 @@ class RetryMemory:
         self._buffer: dict[str, Any] = {}
 
     def recall(self, names: list[str]) -> list[dict[str, Any]]:
-        """What earlier tries recorded for each of ``names``, in order (empty where nothing); reads the
-        chunks, which only a retry should do (:func:`earlier_tries`)."""
+        """
+        What earlier tries recorded for each of ``names``, in order; empty where nothing.
+
+        It reads every chunk, a request each: only a retry should ask (:func:`earlier_tries`).
+        """
         if self._chunks is None:
             return [{} for _ in names]
         chunks = self._chunks.read()

@@ -11,7 +11,7 @@ HOUR = timedelta(hours=1)
 
 
 def memory(store: FakeStateStore, chunk_size: int = 3) -> RetryMemory:
-    return RetryMemory(StateStoreChunks(store, "ns", HOUR), chunk_size)
+    return RetryMemory(StateStoreChunks(store, "ns", wait_timeout=0), chunk_size)
 
 
 def test_records_are_written_a_chunk_at_a_time_with_the_retention() -> None:
@@ -23,7 +23,7 @@ def test_records_are_written_a_chunk_at_a_time_with_the_retention() -> None:
     mine.flush()
     mine.flush()  # nothing buffered: no request
     assert [key for key, _ in store.writes] == ["ns/chunk-0000", "ns/chunk-0001", "ns/chunk-0002"]
-    assert store.retentions == [HOUR] * 3
+    assert store.retentions == [4 * HOUR] * 3, "no wait: the 4 hours beyond it"
     assert store.values["ns/chunk-0002"] == {digest("image 6"): {"task_id": "t-6"}}
 
 

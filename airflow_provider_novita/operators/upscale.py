@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +32,7 @@ from airflow_provider_novita.models import (
 from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, PollingPolicy, to_seconds
 from airflow_provider_novita.results import finish_batch, map_index, reused_record
 from airflow_provider_novita.retries import may_have_billed
-from airflow_provider_novita.retry_memory import (
-    RETENTION_BEYOND_TIMEOUT,
-    Chunks,
-    RetryMemory,
-    StateStoreChunks,
-    earlier_tries,
-)
+from airflow_provider_novita.retry_memory import Chunks, RetryMemory, StateStoreChunks, earlier_tries
 from airflow_provider_novita.sources import DEFAULT_SOURCE_URL_EXPIRY, SourceSigner, as_sources
 from airflow_provider_novita.spend import ImageCap, image_cap
 from airflow_provider_novita.storage import (
@@ -53,6 +46,7 @@ from airflow_provider_novita.storage import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+    from datetime import timedelta
 
     from airflow.providers.common.compat.openlineage.facet import Dataset, RunFacet
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -87,7 +81,7 @@ class UpscaleOperator(BaseOperator):
     Novita bills every task. What the submissions left is saved in chunks of ``submit_concurrency``
     answers, keyed by digests of the requests (never their URLs): in the task state store where
     Airflow has one (3.3+), and before 3.3 in a hidden ledger under ``output_path`` when the task has
-    one (:mod:`airflow_provider_novita.ledger`); a worker lost mid-batch leaves at most
+    one (:mod:`airflow_provider_novita.ledger`); a worker lost mid-batch leaves fewer than
     2 x ``submit_concurrency`` created tasks unrecorded. With ``output_path`` the chunks are removed
     once the files are saved. A retry reattaches to tasks that are still queued,
     processing or succeeded with a live result URL instead of submitting again, and warns about a
@@ -304,14 +298,13 @@ class UpscaleOperator(BaseOperator):
         """
         Where this task instance's submissions are recorded for its retries, a chunk of
         ``submit_concurrency`` at a time: the task state store (Airflow 3.3+), kept for the wait's
-        timeout and :data:`RETENTION_BEYOND_TIMEOUT`; before 3.3 a ledger in ``output_path``
+        timeout and 4 hours more; before 3.3 a ledger in ``output_path``
         (:mod:`airflow_provider_novita.ledger`) when the task saves its files; otherwise nowhere.
         """
         store = context.get("task_state_store")
         chunks: Chunks | None = None
         if store is not None:
-            retention = timedelta(seconds=self.timeout) + RETENTION_BEYOND_TIMEOUT
-            chunks = StateStoreChunks(store, STATE_STORE_KEY, retention)
+            chunks = StateStoreChunks(store, STATE_STORE_KEY, self.timeout)
         elif self.output_path and self.wait_for_completion:
             chunks = LedgerChunks(output_root(self.output_path), context["ti"])
         return RetryMemory(chunks, self.submit_concurrency)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -24,11 +23,12 @@ from airflow_provider_novita.models import TaskResult, check_images, is_plain_li
 from airflow_provider_novita.polling import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, BatchPoller, PollingPolicy
 from airflow_provider_novita.results import finish_batch
 from airflow_provider_novita.retries import is_permanent
-from airflow_provider_novita.retry_memory import RETENTION_BEYOND_TIMEOUT, RetryMemory, StateStoreChunks
+from airflow_provider_novita.retry_memory import RetryMemory, StateStoreChunks
 from airflow_provider_novita.sources import as_sources
 from airflow_provider_novita.storage import output_folder, output_root
 
 if TYPE_CHECKING:
+    import datetime
     from collections.abc import Sequence
 
     from airflow.providers.common.compat.openlineage.facet import Dataset, RunFacet
@@ -244,9 +244,8 @@ class TaskResultSensor(BaseSensorOperator):
         store = context.get("task_state_store")
         if store is None:
             return RetryMemory(None, 1)
-        retention = datetime.timedelta(seconds=self.timeout) + RETENTION_BEYOND_TIMEOUT
         if self._sensor_memory is None:
-            chunks = StateStoreChunks(store, STATE_STORE_KEY, retention)
+            chunks = StateStoreChunks(store, STATE_STORE_KEY, self.timeout)
             self._sensor_memory = RetryMemory(chunks, chunk_size=len(task_id_list(self.task_ids)) + 1)
         return self._sensor_memory
 
