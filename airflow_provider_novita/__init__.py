@@ -29,7 +29,8 @@ CONNECTION_FIELDS: dict[str, Any] = {
     },
     "max_retries": {
         "label": "Max retries",
-        "description": "Retries of a request that failed with 429, 5xx or a network error. Default 5.",
+        "description": "Retries of a failed request. A poll is retried after 429, 5xx or a network error; a "
+        "submission only after 429, 503 or a request that was never sent. Default 5.",
         "schema": {"type": ["integer", "null"], "minimum": 0},
     },
     "max_images_per_task": {
