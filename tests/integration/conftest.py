@@ -75,6 +75,11 @@ def run_dag(airflow_db: None) -> Callable[..., Any]:
     return run
 
 
+def sample_sources(emu: EmulatorServer) -> list[str]:
+    """Three of the emulator's sample images, one of each format."""
+    return [f"{emu.base_url}/samples/{name}" for name in ("landscape.png", "portrait.jpg", "square.webp")]
+
+
 def xcom(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
     """A value the run pushed, read from Airflow's metadata database."""
     from airflow.models.xcom import XComModel

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from airflow_provider_novita.emulator.samples import build_samples
-from tests.integration.conftest import xcom
+from tests.integration.conftest import sample_sources, xcom
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -26,15 +26,11 @@ if TYPE_CHECKING:
 MAPPED = "novita_test_mapped"
 
 
-def _sources(emu: EmulatorServer) -> list[str]:
-    return [f"{emu.base_url}/samples/{name}" for name in ("landscape.png", "portrait.jpg", "square.webp")]
-
-
 def test_a_rerun_submits_nothing_when_every_file_is_there(
     emulator: Callable[..., EmulatorServer], run_dag: Callable[..., Any], tmp_path: Path
 ) -> None:
     emu = emulator()
-    sources = _sources(emu)
+    sources = sample_sources(emu)
     first = run_dag(MAPPED, images=sources, output_path=str(tmp_path))
     assert first.state == "success"
     before = [xcom(first, "upscale", map_index=i)[0] for i in range(3)]
@@ -64,7 +60,7 @@ def test_only_the_image_whose_file_is_missing_or_broken_is_submitted_again(
     emulator: Callable[..., EmulatorServer], run_dag: Callable[..., Any], tmp_path: Path
 ) -> None:
     emu = emulator()
-    sources = _sources(emu)
+    sources = sample_sources(emu)
     first = run_dag(MAPPED, images=sources, output_path=str(tmp_path))
     paths = [Path(xcom(first, "upscale", map_index=i)[0]["path"].removeprefix("file://")) for i in range(3)]
     paths[1].unlink()

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
 
+from tests.integration.conftest import sample_sources
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -35,15 +37,11 @@ def state_rows(dag_run: Any) -> list[dict[str, Any]] | None:
         return [dict(row._mapping) for row in rows]
 
 
-def _sources(emu: EmulatorServer) -> list[str]:
-    return [f"{emu.base_url}/samples/{name}" for name in ("landscape.png", "portrait.jpg", "square.webp")]
-
-
 def test_a_run_that_saved_its_files_leaves_no_state_and_no_ledger(
     emulator: Callable[..., EmulatorServer], run_dag: Callable[..., Any], tmp_path: Path
 ) -> None:
     emu = emulator()
-    run = run_dag(DAG_ID, images=_sources(emu), output_path=str(tmp_path))
+    run = run_dag(DAG_ID, images=sample_sources(emu), output_path=str(tmp_path))
 
     assert run.state == "success"
     assert state_rows(run) in ([], None)
@@ -55,7 +53,7 @@ def test_without_output_path_one_chunk_stays_until_hours_after_the_wait_could_en
 ) -> None:
     emu = emulator()
     before = time.time()
-    run = run_dag(DAG_ID, images=_sources(emu))
+    run = run_dag(DAG_ID, images=sample_sources(emu))
 
     assert run.state == "success"
     rows = state_rows(run)
