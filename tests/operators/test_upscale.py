@@ -291,6 +291,30 @@ class TestRetryReattach:
         assert isinstance(info.value.__cause__, NovitaAuthError)
         assert list(store.entries().values()) == [{"task_id": "task-0"}]
 
+    def test_a_chunk_lost_mid_write_bills_again_only_what_it_and_the_submissions_in_flight_held(
+        self, fake: FakeNovita
+    ) -> None:
+        """The worker dies while the store writes the third chunk: the retry reattaches the first two."""
+        images = [f"https://img.test/{n}.png" for n in range(20)]
+        store = FakeStateStore()
+        write = store.set
+
+        def third_chunk_lost(key: str, value: Any, *, retention: timedelta | None = None) -> None:
+            if key.endswith("chunk-0002"):
+                raise ConnectionResetError("the API server went away mid-write")
+            write(key, value, retention=retention)
+
+        store.set = third_chunk_lost  # type: ignore[method-assign]
+        with pytest.raises(ConnectionResetError):
+            operator(image=images, wait_for_completion=False, submit_concurrency=4).execute(context(store))
+        created = len(fake.submissions)
+        store.set = write  # type: ignore[method-assign]
+
+        ids = operator(image=images, wait_for_completion=False, submit_concurrency=4).execute(retry(store))
+        assert len(ids) == 20
+        assert len(fake.submissions) - 20 == created - 8, "only the 8 recorded tasks were reattached"
+        assert 4 <= created - 8 < 2 * 4, "the lost chunk's 4, and those in flight"
+
     def test_failed_or_vanished_tasks_are_submitted_again(self, fake: FakeNovita) -> None:
         store = FakeStateStore()
         operator(wait_for_completion=False).execute(context(store))  # type: ignore[arg-type]
