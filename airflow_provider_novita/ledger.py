@@ -29,7 +29,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_novita.retry_memory import digest
+from airflow_provider_novita.retry_memory import chunk_name, digest
 from airflow_provider_novita.storage import make_folder
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class LedgerChunks:
         if not self._folder_made:
             make_folder(self._folder)
             self._folder_made = True
-        (self._folder / f"chunk-{index:04d}.json").write_text(json.dumps(chunk, separators=(",", ":")))
+        (self._folder / f"{chunk_name(index)}.json").write_text(json.dumps(chunk, separators=(",", ":")))
 
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -84,7 +84,7 @@ class LedgerChunks:
         # A store that fails to answer raises here, and the try fails before submitting anything:
         # taking the chunk for empty would resubmit, and bill, images whose tasks may be running.
         try:
-            value = json.loads((self._folder / f"chunk-{number:04d}.json").read_text())
+            value = json.loads((self._folder / f"{chunk_name(number)}.json").read_text())
         except ValueError:
             value = None
         if isinstance(value, dict):

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 # hour (image_url_ttl 3600), after which reattaching to a task is worth nothing, and three more hours
 # leave room for retry delays and a worker that came back late. Airflow's default is 30 days.
 RETENTION_BEYOND_TIMEOUT = timedelta(hours=4)
-_CHUNK_KEY = "chunk-{:04d}"
 
 
 def earlier_tries(context: Context) -> bool:
@@ -40,6 +39,11 @@ def earlier_tries(context: Context) -> bool:
     number again (a clear starts a new try), and a resume from deferral keeps its try's number.
     """
     return int(context["ti"].try_number) > 1
+
+
+def chunk_name(index: int) -> str:
+    """The name of chunk ``index`` in every place chunks are kept: ``chunk-0000``, ``chunk-0001``, ..."""
+    return f"chunk-{index:04d}"
 
 
 def digest(name: str) -> str:
@@ -88,7 +92,7 @@ class StateStoreChunks:
         self._store.clear()
 
     def _key(self, index: int) -> str:
-        return f"{self._namespace}/{_CHUNK_KEY.format(index)}"
+        return f"{self._namespace}/{chunk_name(index)}"
 
 
 class RetryMemory:

@@ -181,19 +181,18 @@ def existing_results(
     root = output_root(output_path)
     sizes = folder_sizes(root)
     found = {}
-    for index, destination in enumerate(destinations):
-        path = root / output_name("", image_type, destination, map_index)
+    for index, path in enumerate(result_paths(root, image_type, destinations, map_index)):
         size = sizes.get(path.name)
         if size and looks_complete(path, image_type, size):
             found[index] = str(path)
     return found
 
 
-def result_uri(
-    output_path: str | ObjectStoragePath, image_type: str, destination: Destination, map_index: int
-) -> str:
-    """The URI :func:`existing_results` gives the file of ``destination``."""
-    return str(output_root(output_path) / output_name("", image_type, destination, map_index))
+def result_paths(
+    root: ObjectStoragePath, image_type: str, destinations: Sequence[Destination], map_index: int
+) -> list[ObjectStoragePath]:
+    """Where the results of ``destinations`` are saved, in ``root``: what :func:`existing_results` finds."""
+    return [root / output_name("", image_type, destination, map_index) for destination in destinations]
 
 
 def folder_sizes(folder: ObjectStoragePath) -> dict[str, int]:

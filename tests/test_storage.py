@@ -31,7 +31,7 @@ from airflow_provider_novita.storage import (
     output_name,
     output_root,
     persist_results,
-    result_uri,
+    result_paths,
     url_answers,
 )
 from tests.forward_proxy import ForwardProxy
@@ -696,7 +696,9 @@ class TestFilesARerunMayReuse:
 
         assert len(set(paths)) == 2, "two positions of one source must not share a file"
         assert existing_results(str(tmp_path), "png", destinations, 3) == dict(enumerate(paths))
-        assert [result_uri(str(tmp_path), "png", destination, 3) for destination in destinations] == paths
+        assert [
+            str(path) for path in result_paths(output_root(str(tmp_path)), "png", destinations, 3)
+        ] == paths
         assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
             path.rsplit("/", 1)[1] for path in paths
         )
@@ -735,9 +737,8 @@ class TestFilesARerunMayReuse:
 
         found = existing_results(str(tmp_path), "png", destinations, 3)
 
-        assert found == {
-            position: result_uri(str(tmp_path), "png", destinations[position], 3) for position in (0, 2, 5)
-        }
+        expected = result_paths(output_root(str(tmp_path)), "png", destinations, 3)
+        assert found == {position: str(expected[position]) for position in (0, 2, 5)}
         # Position 1 is not there, 3 is cut short (read, refused), 4 is empty (never read).
         assert sorted(calls) == ["ls"] + ["open"] * 4, calls
 

@@ -40,7 +40,7 @@ from airflow_provider_novita.storage import (
     existing_results,
     output_folder,
     output_root,
-    result_uri,
+    result_paths,
     url_answers,
 )
 
@@ -347,12 +347,9 @@ class UpscaleOperator(BaseOperator):
         if not self.output_path:
             return {}
         destinations = self._destinations(requests)
-        return {
-            position: result_uri(
-                self.output_path, self.output_format, destinations[position], map_index(context)
-            )
-            for position in positions
-        }
+        reused = [destinations[position] for position in positions]
+        paths = result_paths(output_root(self.output_path), self.output_format, reused, map_index(context))
+        return {destination.position: str(path) for destination, path in zip(reused, paths, strict=True)}
 
     def _destinations(self, requests: list[UpscaleRequest]) -> list[Destination]:
         return [
